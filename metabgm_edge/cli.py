@@ -1,0 +1,307 @@
+"""The ``metabgm-edge`` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import click
+import msgspec
+
+from metabgm_edge import __version__
+from metabgm_edge.errors import MetabgmError
+
+if TYPE_CHECKING:
+    from metabgm_edge.stages import Mode
+
+log = logging.getLogger("metabgm_edge")
+
+ENGINES_DIR = Path("engines")
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname).1s %(name)s: %(message)s"))
+    root = logging.getLogger("metabgm_edge")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="metabgm-edge")
+@click.option("-v", "--verbose", count=True, help="Debug logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+def main(verbose: int, quiet: bool) -> None:
+    """A live, generated soundtrack for games.
+
+    Game state -> characterization (Algorithm 1) -> narrative -> music description -> audio,
+    every segment, in real time.
+    """
+    _setup_logging(verbose, quiet)
+
+
+def run() -> None:
+    """Console entry point: library errors become one clear line and exit status 2."""
+    try:
+        main(standalone_mode=True)
+    except MetabgmError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+# -- schema ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--example", is_flag=True, help="Print a complete example message instead.")
+def schema(example: bool) -> None:
+    """Print the JSON Schema of the live-state protocol (what a game sends)."""
+    from metabgm_edge.state import example_message, json_schema
+
+    click.echo(json.dumps(example_message() if example else json_schema(), indent=2))
+
+
+# -- describe -------------------------------------------------------------------------------------
+
+
+def open_text(spec: str) -> Any:
+    """``auto``: an exported LLM bundle in engines/ if there is one, else the composer rules."""
+    from metabgm_edge.text import open_text_backend
+
+    if spec == "auto":
+        from metabgm_edge.bundle import default_bundle
+
+        found = default_bundle(ENGINES_DIR, "llm")
+        if found is None:
+            log.info("text: composer rules (embedded default; no LLM bundle in %s/)", ENGINES_DIR)
+            return open_text_backend("composer")
+        log.info("text: LLM bundle %s (found in %s/)", found, ENGINES_DIR)
+        return open_text_backend(str(found))
+    return open_text_backend(spec)
+
+
+PROFILE_HELP = "Listener profile (TOML or JSON): preferred/avoided genres and instruments, intensity."
+TEXT_HELP = "Text backend: auto (an LLM bundle in engines/, else composer), composer, or a bundle folder."
+
+
+@main.command()
+@click.argument("scene", required=False, type=click.File("rb"))
+@click.option("--source", help="Run the acquisition path on a source instead (sim:tour, replay:F, udp://...).")
+@click.option("--segments", default=6, show_default=True, help="With --source: how many segments.")
+@click.option("--interval", default=10.0, show_default=True, help="With --source: segment length (2-60 s).")
+@click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
+@click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
+@click.option("--seed", default=0, show_default=True, help="Seed for the simulator and the text backend.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output (one object per segment with --source).")
+def describe(
+    scene: Any,
+    source: str | None,
+    segments: int,
+    interval: float,
+    mode: str,
+    text_spec: str,
+    profile_path: str | None,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Turn a game state into a narrative and a music description.
+
+    SCENE is a JSON file in the live-state protocol (``-`` reads stdin); see ``metabgm-edge schema``.
+    """
+    from metabgm_edge.profile import load_profile
+    from metabgm_edge.stages import describe as run_describe
+    from metabgm_edge.state import parse_message
+
+    stage_mode = cast("Mode", mode)
+    profile = load_profile(profile_path)
+    backend = open_text(text_spec)
+    if source is None:
+        if scene is None:
+            raise click.UsageError("give a SCENE.json file, '-' for stdin, or --source")
+        state, _ = parse_message(scene.read())
+        result = run_describe(state, backend, mode=stage_mode, profile=profile, seed=seed)
+        if as_json:
+            click.echo(msgspec.json.encode(result).decode())
+            return
+        click.echo("characterized:")
+        for line in result.info_str.splitlines():
+            click.echo(f"  {line}")
+        if result.narrative is not None:
+            click.echo(f"narrative ({result.timings['narrative']:.3f} s):\n  {result.narrative}")
+        step = "description" if mode == "two-stage" else "direct"
+        click.echo(f"description ({result.timings[step]:.3f} s):\n  {result.description}")
+        return
+
+    from metabgm_edge.acquisition import Acquisition, FastClock, RealClock
+    from metabgm_edge.sources import open_source
+
+    src = open_source(source, seed=seed)
+    clock = RealClock() if src.live else FastClock()
+    acq = Acquisition(src, interval=interval, clock=clock)
+    acq.start()
+    try:
+        for _ in range(segments):
+            seg = acq.next_segment()
+            if seg is None:
+                break
+            result = run_describe(seg, backend, mode=stage_mode, profile=profile, seed=seed + seg.index)
+            if as_json:
+                line = {"segment": seg.index, "start": seg.start, "end": seg.end, "trigger": seg.trigger}
+                click.echo(json.dumps({**line, **msgspec.to_builtins(result)}))
+                continue
+            st = seg.latest
+            where = f"{st.scene.biome}, {st.time.resolved_phase()}, {st.weather.state}"
+            if seg.combat:
+                where += ", combat"
+            times = ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items() if k != "characterize")
+            click.echo(
+                f"[{seg.index:3d}] {seg.start:6.1f}-{seg.end:6.1f} s {seg.trigger:<12} {where:<36} "
+                f"| {result.description} ({times})"
+            )
+    finally:
+        acq.stop()
+
+
+# -- play -----------------------------------------------------------------------------------------
+
+
+def _print_segment(rec: Any) -> None:
+    st = rec.state
+    where = f"{st.scene.biome}, {st.time.resolved_phase()}, {st.weather.state}"
+    where += ", combat" if rec.combat else ""
+    flags = f" [{', '.join(rec.fallbacks)}]" if rec.fallbacks else ""
+    late = " LATE" if rec.missed_deadline else ""
+    click.echo(
+        f"[{rec.index:3d}] {rec.end:7.1f} s {rec.trigger:<12} {where:<34} | {rec.description} "
+        f"({rec.timings['total']:.2f} s, {rec.join}){late}{flags}"
+    )
+
+
+@main.command()
+@click.option("--source", default="sim:tour", show_default=True,
+              help="sim:NAME, replay:F.jsonl, udp://HOST:PORT, ws://HOST:PORT or minecraft://HOST:PORT.")
+@click.option("--interval", default=10.0, show_default=True, help="Segment length in seconds (2-60).")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write exactly what plays to this WAV.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Session log (JSONL).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--fast", is_flag=True, help="No device: render faster than real time into --out.")
+@click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
+@click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
+@click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
+@click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
+@click.option("--deadline", type=float, help="Seconds from state to queued audio per segment [interval].")
+@click.option("--crossfade", default=0.5, show_default=True, help="Crossfade at joins and transitions (s).")
+@click.option("--sample-period", default=1.0, show_default=True, help="How often the state is sampled (s).")
+@click.option("--transitions/--no-transitions", default=True, show_default=True,
+              help="Start a new segment at once on a sharp scene change (combat, dimension, low health).")
+@click.option("--device", help="Output device (name or index; see `metabgm-edge doctor`).")
+def play(
+    source: str,
+    interval: float,
+    duration: float | None,
+    out: str | None,
+    log_path: str | None,
+    seed: int,
+    fast: bool,
+    text_spec: str,
+    audio_spec: str,
+    profile_path: str | None,
+    mode: str,
+    deadline: float | None,
+    crossfade: float,
+    sample_period: float,
+    transitions: bool,
+    device: str | None,
+) -> None:
+    """Play a live soundtrack for SOURCE (Ctrl-C stops; the WAV and log stay valid).
+
+    With nothing configured: the simulated tour, the composer rules and the embedded synthesizer,
+    on the default output device (or, on a machine without one, into --out only).
+    """
+    from metabgm_edge.audio import open_audio_backend
+    from metabgm_edge.profile import load_profile
+    from metabgm_edge.scheduler import PlayOptions, Session
+    from metabgm_edge.sources import open_source
+
+    src = open_source(source, seed=seed)
+    if fast and src.live:
+        raise click.UsageError(f"--fast needs a simulated or replayed source; {source} is live")
+    if fast and duration is None and source.startswith("sim:"):
+        raise click.UsageError("--fast with a simulated source needs --duration (it never ends)")
+    if fast and out is None:
+        log.warning("--fast without --out: the audio is rendered and discarded (use it to time the pipeline)")
+    options = PlayOptions(
+        interval=interval, sample_period=sample_period, deadline=deadline, crossfade=crossfade,
+        mode=cast("Mode", mode), seed=seed, transitions=transitions, fast=fast, duration=duration,
+    )  # fmt: skip
+    session = Session(
+        src, open_text(text_spec), open_audio_backend(audio_spec), options=options,
+        profile=load_profile(profile_path), out=out, log_path=log_path, device=_device(device),
+    )  # fmt: skip
+    session.on_segment = _print_segment
+    stats = session.run()
+    fb = ", ".join(f"{k} {v}" for k, v in sorted(stats.fallbacks.items())) or "none"
+    click.echo(
+        f"played {stats.seconds:.1f} s in {stats.segments} segments on {stats.sink}: "
+        f"{stats.deadline_misses} deadline misses, fallbacks: {fb}, {stats.underruns} underruns, "
+        f"{stats.starvations} starvations" + (f"; wrote {out}" if out else "")
+    )
+
+
+def _device(spec: str | None) -> int | str | None:
+    if spec is None:
+        return None
+    return int(spec) if spec.isdigit() else spec
+
+
+# -- record ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write.")
+@click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
+@click.option("--sample-period", default=1.0, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def record(source: str, out: str, duration: float | None, sample_period: float, seed: int) -> None:
+    """Record SOURCE into a file that `--source replay:FILE` plays back."""
+    import threading
+
+    from metabgm_edge.acquisition import FastClock, RealClock
+    from metabgm_edge.sources import open_source
+    from metabgm_edge.state import SceneState
+
+    src = open_source(source, seed=seed)
+    if not src.live and duration is None:
+        raise click.UsageError(f"{source} is simulated or replayed: give --duration")
+    clock = RealClock() if src.live else FastClock()
+    stop = threading.Event()
+    enc = msgspec.json.Encoder()
+    n, last = 0, None
+    src.start()
+    try:
+        with open(out, "w", encoding="utf-8") as fh:
+            t = 0.0
+            while duration is None or t <= duration:
+                clock.sleep_until(t, stop)
+                state: SceneState | None = src.sample(clock.now())
+                if state is not None and state is not last:
+                    line = {"t": round(clock.now(), 3), **msgspec.to_builtins(state)}
+                    fh.write(enc.encode(line).decode() + "\n")
+                    fh.flush()
+                    n, last = n + 1, state
+                if src.finished:
+                    break
+                t += sample_period
+    except KeyboardInterrupt:
+        pass
+    finally:
+        src.close()
+    click.echo(f"recorded {n} states to {out}")

@@ -1,0 +1,492 @@
+"""The real-time scheduler: state -> description -> audio, segment after segment, without a gap.
+
+Threads (real time):
+    sampler   metabgm_edge.acquisition: samples the source, hands over segments
+    pipeline  here: characterize -> stage 1 -> stage 2 -> audio render, per segment
+    feeder    metabgm_edge.audio.feeder: mixer -> lock-free ring buffer
+    callback  PortAudio (or the file sink's thread): ring buffer -> device and WAV
+    main      here: a watchdog that extends the music when a segment is late, Ctrl-C, --duration
+
+Timeline. Segment k's window closes at ``end``; its audio must be in the mixer by
+``end + deadline`` (the deadline is the interval unless set), when the audio before it runs out.
+The first segment (the ``start`` prelude, rendered from the first sample) and every sharp-change
+segment (rendered at once and crossfaded in over what is playing) therefore last
+``interval + deadline``; regular segments last ``interval`` and join the previous one's tail with
+an equal-power crossfade.
+
+Fallbacks, each named, logged and counted, none of them silent:
+    text.<stage>.error / text.<stage>.deadline   the composer rules write that stage instead
+    audio.error / audio.deadline                  the previous segment is extended, crossfaded
+    audio.replaced                                after 3 audio failures in a row the embedded
+                                                  synthesizer takes over for the session
+With ``fast`` the session runs on virtual time as fast as the machine allows (no device): the WAV
+holds exactly ``duration`` seconds, aligned with the game clock as a real-time run would be.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Final, TypeVar
+
+import msgspec
+import numpy as np
+
+from metabgm_edge.acquisition import Acquisition, FastClock, RealClock, SegmentState
+from metabgm_edge.audio import AudioBackend
+from metabgm_edge.audio.mixer import Mixer
+from metabgm_edge.audio.wav import WavWriter
+from metabgm_edge.profile import DEFAULT_PROFILE, Profile
+from metabgm_edge.sources import Source
+from metabgm_edge.stages import DescribeResult, Mode, describe
+from metabgm_edge.state import SceneState
+from metabgm_edge.text import StageRequest, TextBackend
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+AUDIO_FAILURES_BEFORE_REPLACING: Final = 3
+SHARP: Final = frozenset({"combat_start", "combat_end", "dimension", "health_drop"})
+
+
+class PlayOptions(msgspec.Struct, kw_only=True):
+    interval: float = 10.0
+    sample_period: float = 1.0
+    deadline: float | None = None
+    """Seconds after a window closes by which its audio must be queued; None: the interval."""
+    crossfade: float = 0.5
+    text_share: float = 0.6
+    """Part of the deadline the two text stages may use together; audio gets the rest."""
+    mode: Mode = "two-stage"
+    seed: int = 0
+    transitions: bool = True
+    fast: bool = False
+    duration: float | None = None
+    """Stop after this many seconds of session time (None: until the source ends or Ctrl-C)."""
+    buffer_seconds: float = 0.25
+    """Audio kept in the ring ahead of the device: small, so scene changes are heard quickly."""
+
+    @property
+    def budget(self) -> float:
+        return self.interval if self.deadline is None else self.deadline
+
+
+class SegmentRecord(msgspec.Struct, kw_only=True):
+    """One line of the session log (``--log F.jsonl``)."""
+
+    index: int
+    start: float
+    end: float
+    trigger: str
+    combat: bool
+    state: SceneState
+    window: dict[str, Any]
+    """The segment's aggregates: samples, lowest_health, damage_taken, biomes, attackers."""
+    characterized: dict[str, Any]
+    narrative: str | None
+    description: str
+    text_backend: str
+    audio_backend: str
+    timings: dict[str, float]
+    """Seconds: characterize, narrative, description (or direct), audio, total."""
+    deadline: float
+    """Session time by which the audio had to be queued."""
+    queued_at: float
+    """Session time at which it was queued."""
+    missed_deadline: bool
+    fallbacks: list[str]
+    join: str
+    """How it entered the music: start, append, transition."""
+    audio_seconds: float
+
+
+class SessionStats(msgspec.Struct, kw_only=True):
+    segments: int = 0
+    seconds: float = 0.0
+    deadline_misses: int = 0
+    fallbacks: dict[str, int] = msgspec.field(default_factory=dict)
+    transitions: int = 0
+    extensions: int = 0
+    starvations: int = 0
+    """Times the mixer ran dry and faded out (should be 0)."""
+    underruns: int = 0
+    """Ring-buffer underruns seen by the sink (should be 0)."""
+    device_underflows: int = 0
+    sink: str = ""
+    source: dict[str, Any] = msgspec.field(default_factory=dict)
+    stage_seconds: dict[str, list[float]] = msgspec.field(default_factory=dict)
+    transition_latency: list[float] = msgspec.field(default_factory=list)
+    """Seconds from a sharp change being sampled to its audio entering the output."""
+
+
+class DeadlineMissed(Exception):
+    pass
+
+
+class Guard:
+    """Calls one backend on a worker thread with a timeout.
+
+    A call that times out keeps running in the background (Python cannot kill a thread); while it
+    does, further calls fail at once instead of queueing behind it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._pending: threading.Event | None = None
+
+    def call(self, fn: Callable[[], T], timeout: float | None) -> T:
+        if self._pending is not None and not self._pending.is_set():
+            raise DeadlineMissed(f"{self.name} is still busy with a call that missed its deadline")
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                box["result"] = fn()
+            except BaseException as exc:
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name=f"metabgm-{self.name}", daemon=True).start()
+        if not done.wait(None if timeout is None else max(timeout, 0.0)):
+            self._pending = done
+            raise DeadlineMissed(f"{self.name} missed its deadline ({timeout:.2f} s)")
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+
+class Session:
+    """One ``play`` session. Build it, then :meth:`run` (blocking; Ctrl-C stops cleanly)."""
+
+    def __init__(
+        self,
+        source: Source,
+        text: TextBackend,
+        audio: AudioBackend,
+        *,
+        options: PlayOptions | None = None,
+        profile: Profile = DEFAULT_PROFILE,
+        out: str | Path | None = None,
+        log_path: str | Path | None = None,
+        use_device: bool = True,
+        device: int | str | None = None,
+    ) -> None:
+        from metabgm_edge.text.composer import Composer
+
+        self.options = opts = options or PlayOptions()
+        self.source = source
+        self.text = text
+        self.audio = audio
+        self.profile = profile
+        self.out = Path(out) if out is not None else None
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.use_device = use_device and not opts.fast
+        self.device = device
+        self.composer = Composer()
+        self.stats = SessionStats()
+        self._fallbacks: Counter[str] = Counter()
+        self._text_guard = Guard("text")
+        self._audio_guard = Guard("audio")
+        self._audio_failures = 0
+        self._anchor: Any = None
+        self._stop = threading.Event()
+        self._late = threading.Event()
+        """Set by the watchdog when it had to extend the music: the next segment cuts in."""
+        self._log_file: IO[str] | None = None
+        self._encoder = msgspec.json.Encoder()
+        clock = FastClock() if opts.fast else RealClock()
+        self.clock = clock
+        self.acquisition = Acquisition(
+            source,
+            interval=opts.interval,
+            sample_period=opts.sample_period,
+            clock=clock,
+            transitions=opts.transitions,
+            prelude=True,
+        )
+        self.mixer = Mixer(audio.sample_rate, audio.channels, crossfade_s=opts.crossfade)
+        self.on_segment: Callable[[SegmentRecord], None] | None = None
+        """Called after each segment is queued (the CLI prints a line)."""
+
+    # -- one segment ----------------------------------------------------------------------------
+
+    def _run_stage(self, fallbacks: list[str], text_deadline: float) -> Callable[..., str]:
+        def run(backend: TextBackend, request: StageRequest) -> str:
+            if backend is self.composer:
+                return backend.generate(request)
+            timeout = text_deadline - time.monotonic()
+            try:
+                return self._text_guard.call(lambda: backend.generate(request), timeout)
+            except DeadlineMissed as exc:
+                reason = f"text.{request.stage}.deadline"
+                log.warning("%s; composer rules write the %s instead", exc, request.stage)
+            except Exception as exc:
+                reason = f"text.{request.stage}.error"
+                log.warning("%s failed (%s: %s); composer rules write the %s instead",
+                            backend.name, type(exc).__name__, exc, request.stage)  # fmt: skip
+            fallbacks.append(reason)
+            self._fallbacks[reason] += 1
+            return self.composer.generate(request)
+
+        return run
+
+    def _describe(self, seg: SegmentState, fallbacks: list[str], t0: float) -> DescribeResult:
+        opts = self.options
+        text_deadline = t0 + opts.budget * opts.text_share
+        run_stage = self._run_stage(fallbacks, text_deadline)
+        try:
+            return describe(seg, self.text, mode=opts.mode, profile=self.profile,
+                            seed=opts.seed + seg.index, run_stage=run_stage)  # fmt: skip
+        except Exception as exc:  # e.g. the backend wrote nothing: redo with the composer
+            reason = "text.empty" if "no text" in str(exc) else "text.error"
+            log.warning("%s: %s; composer rules describe this segment", self.text.name, exc)
+            fallbacks.append(reason)
+            self._fallbacks[reason] += 1
+            return describe(
+                seg, self.composer, mode=opts.mode, profile=self.profile, seed=opts.seed + seg.index
+            )
+
+    def _render(
+        self, description: str, seconds: float, seed: int, fallbacks: list[str], deadline: float
+    ) -> np.ndarray | None:
+        tail = self.options.crossfade
+        audio_be = self.audio
+        try:
+            # Late text leaves the audio at least a quarter of the budget: late music beats none.
+            timeout = max(deadline - time.monotonic(), 0.25 * self.options.budget)
+            out, anchor = self._audio_guard.call(
+                lambda: audio_be.render(description, seconds, self._anchor, tail=tail, seed=seed), timeout
+            )
+            out = np.asarray(out, dtype=np.float32)
+            want = round((seconds + tail) * self.audio.sample_rate)
+            if out.ndim != 2 or out.shape[1] != self.audio.channels or abs(out.shape[0] - want) > 1:
+                raise ValueError(f"rendered shape {out.shape}, expected ({want}, {self.audio.channels})")
+        except Exception as exc:
+            reason = "audio.deadline" if isinstance(exc, DeadlineMissed) else "audio.error"
+            log.warning("%s: %s; extending the previous segment", audio_be.name, exc)
+            fallbacks.append(reason)
+            self._fallbacks[reason] += 1
+            self._audio_failures += 1
+            if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and audio_be.name != "synth":
+                from metabgm_edge.audio import open_audio_backend
+
+                log.error("%s failed %d times in a row: the embedded synthesizer takes over",
+                          audio_be.name, self._audio_failures)  # fmt: skip
+                self.audio = open_audio_backend("synth")
+                self._audio_guard = Guard("audio")
+                self._anchor = None
+                fallbacks.append("audio.replaced")
+                self._fallbacks["audio.replaced"] += 1
+            return None
+        self._audio_failures = 0
+        self._anchor = anchor
+        return out
+
+    def _process(self, seg: SegmentState, now: Callable[[], float]) -> SegmentRecord:
+        opts = self.options
+        t0 = time.monotonic()
+        fallbacks: list[str] = []
+        result = self._describe(seg, fallbacks, t0)
+        sharp = seg.trigger in SHARP or seg.trigger == "start"
+        seconds = opts.interval + (opts.budget if sharp else 0.0)
+        t_audio = time.monotonic()
+        audio_deadline = t0 + opts.budget
+        rendered = self._render(result.description, seconds, opts.seed + seg.index, fallbacks, audio_deadline)
+        t_done = time.monotonic()
+        late = self._late.is_set()
+        if rendered is None:
+            join = "extend"
+            self.mixer.extend_previous(seconds)
+        elif seg.trigger == "start":
+            join = "start"
+            self.mixer.append(rendered, round(opts.crossfade * self.audio.sample_rate))
+        elif sharp or late:
+            join = "transition"
+            self.mixer.transition(rendered, round(opts.crossfade * self.audio.sample_rate))
+            self.stats.transitions += 1
+        else:
+            join = "append"
+            self.mixer.append(rendered, round(opts.crossfade * self.audio.sample_rate))
+        self._late.clear()
+        queued_at = now()
+        deadline = seg.end + opts.budget
+        overran = any(f.endswith(".deadline") for f in fallbacks)
+        missed = (not opts.fast and queued_at > deadline) or late or overran
+        if missed:
+            self.stats.deadline_misses += 1
+        timings = dict(result.timings)
+        timings["audio"] = t_done - t_audio
+        timings["total"] = t_done - t0
+        for k, v in timings.items():
+            self.stats.stage_seconds.setdefault(k, []).append(v)
+        if seg.trigger in SHARP and join == "transition":
+            self.stats.transition_latency.append(queued_at - seg.end + self._output_delay())
+        return SegmentRecord(
+            index=seg.index,
+            start=seg.start,
+            end=seg.end,
+            trigger=seg.trigger,
+            combat=seg.combat,
+            state=seg.latest,
+            window={
+                "samples": seg.samples,
+                "lowest_health": seg.lowest_health,
+                "damage_taken": seg.damage_taken,
+                "biomes": seg.biomes,
+                "attackers": seg.attackers,
+            },
+            characterized=result.characterized,
+            narrative=result.narrative,
+            description=result.description,
+            text_backend=result.backend,
+            audio_backend=self.audio.name,
+            timings=timings,
+            deadline=deadline,
+            queued_at=queued_at,
+            missed_deadline=missed,
+            fallbacks=fallbacks,
+            join=join,
+            audio_seconds=seconds,
+        )
+
+    def _output_delay(self) -> float:
+        """Seconds between the mixer and the ear: the ring's fill plus half a crossfade."""
+        if self.options.fast:
+            return self.options.crossfade / 2
+        return self.options.buffer_seconds + self.options.crossfade / 2
+
+    def _record(self, rec: SegmentRecord) -> None:
+        self.stats.segments += 1
+        if self._log_file is not None:
+            self._log_file.write(self._encoder.encode(rec).decode() + "\n")
+            self._log_file.flush()
+        if rec.fallbacks:
+            log.info("segment %d fallbacks: %s", rec.index, ", ".join(rec.fallbacks))
+        if self.on_segment is not None:
+            self.on_segment(rec)
+
+    # -- the session -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask a running session to end (thread-safe)."""
+        self._stop.set()
+
+    def run(self) -> SessionStats:
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = self.log_path.open("a", encoding="utf-8")
+        try:
+            if self.options.fast:
+                self._run_fast()
+            else:
+                self._run_real_time()
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+            self.stats.fallbacks = dict(self._fallbacks)
+            self.stats.extensions = self.mixer.stats.extensions
+            self.stats.starvations = self.mixer.stats.starvations
+            self.stats.source = msgspec.to_builtins(self.source.stats())
+        return self.stats
+
+    def _run_fast(self) -> None:
+        """Virtual time: audio is written exactly up to each segment's end before it joins."""
+        sr = self.audio.sample_rate
+        writer = WavWriter(self.out, sr, self.audio.channels) if self.out is not None else None
+        written = 0
+        self.stats.sink = "file" if writer else "null"
+
+        def play_until(t: float) -> None:
+            nonlocal written
+            frames = round(t * sr) - written
+            while frames > 0:
+                block = self.mixer.read(min(frames, sr))
+                if writer is not None:
+                    writer.write(block)
+                written += block.shape[0]
+                frames -= block.shape[0]
+
+        duration = self.options.duration
+        self.acquisition.start()
+        try:
+            while not self._stop.is_set():
+                seg = self.acquisition.next_segment()
+                if seg is None:
+                    break
+                if duration is not None and seg.end > duration:
+                    break
+                play_until(seg.end)
+                self._record(self._process(seg, lambda s=seg: s.end))
+            if duration is not None:
+                play_until(duration)
+        except KeyboardInterrupt:
+            log.info("stopped by Ctrl-C")
+        finally:
+            self.acquisition.stop()
+            if writer is not None:
+                writer.close()
+            self.stats.seconds = written / sr
+
+    def _run_real_time(self) -> None:
+        from metabgm_edge.audio.feeder import Feeder
+        from metabgm_edge.audio.ringbuffer import RingBuffer
+        from metabgm_edge.audio.sinks import open_sink
+
+        opts = self.options
+        sr = self.audio.sample_rate
+        ring = RingBuffer(max(4 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
+        sink = open_sink(ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device,
+                         device=self.device, paced=True)  # fmt: skip
+        feeder = Feeder(self.mixer, ring, target_seconds=opts.buffer_seconds, realtime=True)
+        self.stats.sink = getattr(sink, "kind", type(sink).__name__)
+        pipeline = threading.Thread(target=self._pipeline, name="metabgm-pipeline", daemon=True)
+        low_water = opts.crossfade + opts.buffer_seconds + 0.25
+        started = time.monotonic()
+        self.acquisition.start()
+        pipeline.start()
+        try:
+            # The ring starts empty: wait for the first (start) segment before the device runs.
+            while not self._stop.is_set() and self.mixer.queued_seconds == 0 and pipeline.is_alive():
+                time.sleep(0.01)
+            feeder.start()
+            sink.start()
+            while not self._stop.is_set() and pipeline.is_alive():
+                time.sleep(0.05)
+                if opts.duration is not None and self.clock.now() >= opts.duration:
+                    break
+                if self.mixer.queued_seconds < low_water and not self._stop.is_set():
+                    # The next segment is late: keep the music going with the previous one.
+                    got = self.mixer.extend_previous(opts.interval / 2)
+                    if got > 0:
+                        self._late.set()
+                        self._fallbacks["audio.late_extend"] += 1
+                        log.warning("next segment is late: extended the music by %.1f s", got)
+        except KeyboardInterrupt:
+            log.info("stopped by Ctrl-C")
+        finally:
+            self._stop.set()
+            self.acquisition.stop()
+            pipeline.join(timeout=2 * opts.budget)
+            feeder.finish(timeout=2.0)
+            feeder.stop()
+            sink.stop(drain=True, timeout=2.0)
+            st = sink.stats()
+            self.stats.underruns = st.ring_underruns
+            self.stats.device_underflows = getattr(st, "underflows", 0)
+            self.stats.seconds = time.monotonic() - started
+
+    def _pipeline(self) -> None:
+        try:
+            while not self._stop.is_set():
+                seg = self.acquisition.next_segment()
+                if seg is None or self._stop.is_set():
+                    break
+                self._record(self._process(seg, self.clock.now))
+        except Exception:
+            log.exception("the pipeline failed; the session stops")

@@ -1,0 +1,180 @@
+"""From a state to a music description (paper II-C).
+
+``two-stage`` (the paper's method): characterize -> stage 1 narrative -> stage 2 description.
+``direct`` (the paper's ablation): characterize -> description in one request.
+
+Every backend's final description is cleaned, checked against the listener profile's avoid
+lists and cut to :data:`MAX_WORDS` words; a cut is logged and reported in the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+from metabgm_edge.acquisition import SegmentState
+from metabgm_edge.characterize import characterize, in_combat, info_str, scene_data
+from metabgm_edge.errors import BackendError
+from metabgm_edge.profile import DEFAULT_PROFILE, Profile
+from metabgm_edge.state import SceneState
+from metabgm_edge.text import ChatMessage, Stage, StageRequest, TextBackend
+
+log = logging.getLogger(__name__)
+
+MAX_WORDS: Final = 20
+Mode = Literal["two-stage", "direct"]
+MODES: Final = ("two-stage", "direct")
+
+StageRunner = Callable[[TextBackend, StageRequest], str]
+"""Runs one stage on a backend. The scheduler passes one that enforces deadlines and falls back."""
+
+
+class DescribeResult(msgspec.Struct, kw_only=True):
+    mode: str
+    backend: str
+    combat: bool
+    characterized: dict[str, Any]
+    info_str: str
+    narrative: str | None
+    description: str
+    timings: dict[str, float]
+    """Seconds per step: characterize, narrative, description (or direct)."""
+    cut: bool = False
+    """True when the description was longer than MAX_WORDS and was cut."""
+    seed: int = 0
+
+
+@functools.cache
+def prompt_template(name: str) -> str:
+    """A template from prompts/: packaged in the wheel, or beside the package in a checkout."""
+    packaged = resources.files("metabgm_edge").joinpath("prompts", f"{name}.txt")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parent.parent / "prompts" / f"{name}.txt"
+    return checkout.read_text(encoding="utf-8")
+
+
+def render_prompt(
+    stage: Stage, *, info: str = "", narrative: str = "", profile: Profile = DEFAULT_PROFILE
+) -> str:
+    text = prompt_template(stage)
+    text = text.replace("{info_str}", info).replace("{scene}", narrative)
+    line = profile.prompt_line()
+    if line and stage != "narrative":
+        text = f"{text}\n{line}"
+    return text
+
+
+_PREFIX = re.compile(r"^\s*(?:music description|description|narrative|scene|answer)\s*:\s*", re.IGNORECASE)
+
+
+def clean_text(text: str) -> str:
+    """One paragraph without surrounding quotes or a leading label such as "Description:"."""
+    text = " ".join(text.split())
+    text = _PREFIX.sub("", text)
+    return text.strip().strip('"').strip("'").strip()
+
+
+def limit_words(text: str, limit: int = MAX_WORDS) -> tuple[str, bool]:
+    words = text.split()
+    if len(words) <= limit:
+        return text, False
+    cut = " ".join(words[:limit]).rstrip(",;:-")
+    if not cut.endswith((".", "!", "?")):
+        cut += "."
+    return cut, True
+
+
+def enforce_profile(text: str, profile: Profile) -> str:
+    """Remove words the listener avoids (a backend may ignore the prompt's request)."""
+    for word in profile.avoided():
+        pattern = re.compile(rf"\b{re.escape(word)}s?\b", re.IGNORECASE)
+        if pattern.search(text):
+            log.info("profile %s: removed avoided %r from the description", profile.name, word)
+            text = pattern.sub("", text)
+    text = re.sub(r"\s+([,.;])", r"\1", " ".join(text.split()))
+    return re.sub(r"(?:,\s*){2,}", ", ", text)
+
+
+def _call(backend: TextBackend, request: StageRequest) -> str:
+    return backend.generate(request)
+
+
+def _text_of(raw: str, backend: TextBackend, stage: str) -> str:
+    text = clean_text(raw)
+    if not text:
+        raise BackendError(f"{backend.name} wrote no text for the {stage} stage")
+    return text
+
+
+def describe(
+    scene: SceneState | SegmentState,
+    backend: TextBackend,
+    *,
+    mode: Mode = "two-stage",
+    profile: Profile = DEFAULT_PROFILE,
+    seed: int = 0,
+    run_stage: StageRunner = _call,
+) -> DescribeResult:
+    """Characterize ``scene`` and run the stages on ``backend``."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    if isinstance(scene, SegmentState):
+        combat, data = scene.combat, scene_data(scene.latest, scene)
+    else:
+        combat, data = in_combat(scene), scene_data(scene)
+    characterized = characterize(data, combat)
+    info = info_str(characterized)
+    timings["characterize"] = time.perf_counter() - t0
+
+    def request(stage: Stage, prompt: str, narrative: str | None = None) -> StageRequest:
+        return StageRequest(
+            stage=stage,
+            messages=[ChatMessage("user", prompt)],
+            characterized=characterized,
+            combat=combat,
+            narrative=narrative,
+            profile=profile,
+            seed=seed,
+            max_new_tokens=96 if stage == "narrative" else 48,
+        )
+
+    narrative: str | None = None
+    if mode == "two-stage":
+        t0 = time.perf_counter()
+        raw = run_stage(backend, request("narrative", render_prompt("narrative", info=info)))
+        narrative = _text_of(raw, backend, "narrative")
+        timings["narrative"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        prompt = render_prompt("description", narrative=narrative, profile=profile)
+        raw = run_stage(backend, request("description", prompt, narrative))
+        timings["description"] = time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        raw = run_stage(backend, request("direct", render_prompt("direct", info=info, profile=profile)))
+        timings["direct"] = time.perf_counter() - t0
+    description, cut = limit_words(enforce_profile(_text_of(raw, backend, mode), profile))
+    if cut:
+        log.info("description cut to %d words (%s wrote %d)", MAX_WORDS, backend.name, len(raw.split()))
+    return DescribeResult(
+        mode=mode,
+        backend=backend.name,
+        combat=combat,
+        characterized=characterized,
+        info_str=info,
+        narrative=narrative,
+        description=description,
+        timings=timings,
+        cut=cut,
+        seed=seed,
+    )

@@ -1,0 +1,68 @@
+"""Text generation for the two stages, behind one interface.
+
+A backend turns a :class:`StageRequest` into text. The LLM runtime reads ``messages`` (the
+rendered prompt template); the embedded composer reads the structured fields. Both get the same
+request, so the pipeline in :mod:`metabgm_edge.stages` does not care which one runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+from msgspec import Struct
+
+from metabgm_edge.errors import BackendError
+from metabgm_edge.profile import DEFAULT_PROFILE, Profile
+
+Stage = Literal["narrative", "description", "direct"]
+
+
+class ChatMessage(Struct, frozen=True):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class StageRequest(Struct, kw_only=True, frozen=True):
+    stage: Stage
+    messages: list[ChatMessage]
+    """The prompt template rendered for this request (what an LLM reads)."""
+    characterized: dict[str, Any]
+    """Algorithm 1's output (what the composer reads)."""
+    combat: bool
+    narrative: str | None = None
+    """Stage 1's output, set for the description stage."""
+    profile: Profile = DEFAULT_PROFILE
+    seed: int = 0
+    max_new_tokens: int = 96
+
+
+@runtime_checkable
+class TextBackend(Protocol):
+    name: str
+
+    def generate(self, request: StageRequest) -> str:
+        """Return the stage's text. May raise; the scheduler then uses the composer fallback."""
+        ...
+
+
+def open_text_backend(spec: str | None = None) -> TextBackend:
+    """``composer`` (default, embedded rules) or the path of an exported LLM bundle."""
+    if spec in (None, "", "composer"):
+        from metabgm_edge.text.composer import Composer
+
+        return Composer()
+    path = Path(spec)
+    if path.is_dir():
+        from metabgm_edge.llm import LLMText
+
+        return LLMText.load(path)
+    raise BackendError(
+        f"unknown text backend {spec!r}: use 'composer' or the folder of a bundle made by "
+        "'metabgm-edge export llm' (for example engines/smollm2-135m-int8)"
+    )
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)
