@@ -185,6 +185,8 @@ def parse_message(data: bytes | str, *, token: str | None = None) -> tuple[Scene
         raise MessageError("malformed_json", str(exc)) from None
     except RecursionError:
         raise MessageError("too_deep", f"nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeDecodeError as exc:
+        raise MessageError("invalid_utf8", f"not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     if not isinstance(raw, dict):
         raise MessageError("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     _check_tree(raw)

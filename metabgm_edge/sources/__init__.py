@@ -105,6 +105,10 @@ def open_source(uri: str, *, seed: int = 0) -> Source:
 
         return ReplaySource(uri[7:])
     parts = urlsplit(uri)
+    try:
+        parts.port  # noqa: B018 - urllib validates the port when it is read
+    except ValueError:
+        raise SourceError(f"{uri!r}: the port must be a number from 0 to 65535") from None
     if parts.scheme in ("udp", "ws"):
         from metabgm_edge.sources.net import UdpSource, WebSocketSource
 
@@ -126,7 +130,8 @@ def _endpoint(host: str | None, port: int | None, query: str, uri: str) -> tuple
     if port is None:
         raise SourceError(f"{uri!r} needs a port, for example udp://127.0.0.1:7717")
     try:
-        params = {k: v[-1] for k, v in parse_qs(query, strict_parsing=bool(query)).items()}
+        parsed = parse_qs(query, keep_blank_values=True, strict_parsing=bool(query))
+        params = {k: v[-1] for k, v in parsed.items()}
     except ValueError:
         raise SourceError(f"{uri!r}: cannot read the query string {query!r}") from None
     return host or "127.0.0.1", port, params
