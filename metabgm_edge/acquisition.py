@@ -290,7 +290,9 @@ class Acquisition:
                 self.clock.sleep_until(next_sample, self._stop)
                 if self._stop.is_set():
                     break
-                now = self.clock.now()
+                # Windows are measured on the sampling schedule, not on when the thread woke up,
+                # so jitter never moves a sample across a boundary.
+                now = next_sample
                 next_sample += self.sample_period
                 drained = live.drain() if live is not None else []
                 for t_msg, msg in drained:

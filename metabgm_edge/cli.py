@@ -305,3 +305,84 @@ def record(source: str, out: str, duration: float | None, sample_period: float, 
     finally:
         src.close()
     click.echo(f"recorded {n} states to {out}")
+
+
+# -- report, bench, doctor ------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("log_file", metavar="LOG.jsonl", type=click.Path(exists=True, dir_okay=False))
+@click.option("--audio", "audio_path", type=click.Path(dir_okay=False), help="The WAV of the same run.")
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG to write [LOG with .png].")
+@click.option("--session", type=int, help="Which session of an appended log (1 = first) [the last].")
+def report(log_file: str, audio_path: str | None, out: str | None, session: int | None) -> None:
+    """Draw a session log (and its WAV) as a PNG: the scene over time, the descriptions, the
+    stage latencies against the deadline, and a spectrogram on the same time axis."""
+    from metabgm_edge.report import write_report
+
+    target = Path(out) if out else Path(log_file).with_suffix(".png")
+    try:
+        written = write_report(log_file, target, audio=audio_path, session=session)
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {written}")
+
+
+@main.command()
+@click.option("--segments", default=12, show_default=True, help="Segments in the fast (throughput) run.")
+@click.option("--interval", default=10.0, show_default=True, help="Segment length in seconds (2-60).")
+@click.option("--source", default="sim:tour", show_default=True, help="sim:NAME or replay:F.jsonl.")
+@click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
+@click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--latency/--no-latency", default=True, show_default=True,
+              help="Also measure scene-change-to-audible latency (a real-time run of ~10 s).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON to this file.")
+def bench(
+    segments: int,
+    interval: float,
+    source: str,
+    text_spec: str,
+    audio_spec: str,
+    seed: int,
+    latency: bool,
+    as_json: bool,
+    out: str | None,
+) -> None:
+    """Measure the pipeline here: per-stage p50/p95, real-time factor, underruns, scene-change-to-
+    audible latency, peak RSS (see README, "Measuring: bench")."""
+    from metabgm_edge.audio import open_audio_backend
+    from metabgm_edge.bench import format_table, run_bench
+    from metabgm_edge.sources import open_source
+
+    if segments < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--segments")
+    src = open_source(source, seed=seed)
+    if src.live:
+        raise click.UsageError(f"bench runs faster than real time: {source} is live; use sim: or replay:")
+    try:
+        result = run_bench(src, open_text(text_spec), open_audio_backend(audio_spec), segments=segments,
+                           interval=interval, seed=seed, latency=latency)  # fmt: skip
+    except ValueError as exc:  # an interval out of range, ...
+        raise click.ClickException(str(exc)) from None
+    encoded = msgspec.json.format(msgspec.json.encode(result), indent=2).decode()
+    if out:
+        Path(out).write_text(encoded + "\n", encoding="utf-8")
+    click.echo(encoded if as_json else format_table(result))
+
+
+@main.command()
+@click.option("--engines", "engines_dir", default=str(ENGINES_DIR), show_default=True,
+              type=click.Path(file_okay=False), help="Where exported bundles are looked for.")
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+def doctor(engines_dir: str, as_json: bool) -> None:
+    """Check this machine: audio devices, onnxruntime providers (really tried), TensorRT, GPU,
+    engines found, Python and package versions. Always exits 0; each line says ok/missing/error."""
+    from metabgm_edge.doctor import format_checks, run_checks
+
+    checks = run_checks(engines_dir)
+    if as_json:
+        click.echo(msgspec.json.format(msgspec.json.encode(checks), indent=2).decode())
+    else:
+        click.echo(format_checks(checks))

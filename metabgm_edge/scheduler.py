@@ -51,6 +51,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 AUDIO_FAILURES_BEFORE_REPLACING: Final = 3
 SHARP: Final = frozenset({"combat_start", "combat_end", "dimension", "health_drop"})
+HEAD_SECONDS: Final = 3.0
+"""A sharp change's segment is rendered in two parts: this head first, heard at once."""
 
 
 class PlayOptions(msgspec.Struct, kw_only=True):
@@ -295,26 +297,37 @@ class Session:
         result = self._describe(seg, fallbacks, t0)
         sharp = seg.trigger in SHARP or seg.trigger == "start"
         seconds = opts.interval + (opts.budget if sharp else 0.0)
-        t_audio = time.monotonic()
+        xfade = round(opts.crossfade * self.audio.sample_rate)
+        seed = opts.seed + seg.index
         audio_deadline = t0 + opts.budget
-        rendered = self._render(result.description, seconds, opts.seed + seg.index, fallbacks, audio_deadline)
-        t_done = time.monotonic()
         late = self._late.is_set()
+        # A new scene should be heard at once: render a short head first and cut over to it, then
+        # the rest of the segment, which continues from the head's anchor.
+        head = HEAD_SECONDS if sharp and seconds > HEAD_SECONDS + 1.0 else seconds
+        t_audio = time.monotonic()
+        rendered = self._render(result.description, head, seed, fallbacks, audio_deadline)
         if rendered is None:
             join = "extend"
             self.mixer.extend_previous(seconds)
         elif seg.trigger == "start":
             join = "start"
-            self.mixer.append(rendered, round(opts.crossfade * self.audio.sample_rate))
+            self.mixer.append(rendered, xfade)
         elif sharp or late:
             join = "transition"
-            self.mixer.transition(rendered, round(opts.crossfade * self.audio.sample_rate))
+            self.mixer.transition(rendered, xfade)
             self.stats.transitions += 1
         else:
             join = "append"
-            self.mixer.append(rendered, round(opts.crossfade * self.audio.sample_rate))
-        self._late.clear()
+            self.mixer.append(rendered, xfade)
         queued_at = now()
+        if rendered is not None and head < seconds:
+            rest = self._render(result.description, seconds - head, seed, fallbacks, audio_deadline)
+            if rest is None:
+                self.mixer.extend_previous(seconds - head)
+            else:
+                self.mixer.append(rest, xfade)
+        t_done = time.monotonic()
+        self._late.clear()
         deadline = seg.end + opts.budget
         overran = any(f.endswith(".deadline") for f in fallbacks)
         missed = (not opts.fast and queued_at > deadline) or late or overran
@@ -380,7 +393,7 @@ class Session:
     def run(self) -> SessionStats:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = self.log_path.open("a", encoding="utf-8")
+            self._log_file = self.log_path.open("w", encoding="utf-8")
         try:
             if self.options.fast:
                 self._run_fast()

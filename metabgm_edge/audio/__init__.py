@@ -32,3 +32,21 @@ class AudioBackend(Protocol):
         describes the music at ``seconds`` (where the next segment begins).
         """
         ...
+
+
+def open_audio_backend(spec: str | None = None) -> AudioBackend:
+    """``None`` or ``"synth"``: the embedded procedural synthesizer (no weights).
+
+    Anything else raises BackendError saying what is available.
+    """
+    from metabgm_edge.errors import BackendError
+
+    name = (spec or "synth").strip()
+    if name.lower() in ("synth", "procedural", "default"):
+        from metabgm_edge.audio.synth import ProceduralSynth
+
+        return ProceduralSynth()
+    raise BackendError(
+        f"unknown audio backend {spec!r}: the available backend is 'synth' (the embedded procedural "
+        "synthesizer, the default); a MusicGen ONNX bundle is not supported yet"
+    )

@@ -14,6 +14,7 @@ and another seed gives a slightly different arrangement of the same character.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
@@ -779,10 +780,19 @@ def _voices(
                 for w in (*attested, *generic)
                 if w not in _RESERVED and w not in clash and vocab.has("descriptors", w) and not avoid(w)
             }
-        # "airy synth, airy pad" reads badly: a bare instrument is better than a repeat.
-        options = {w: x for w, x in options.items() if w not in used}
+        # "airy synth, airy pad" reads badly: a bare instrument is better than a repeat. And a word
+        # that turns the instrument into another one for the synthesizer ("electric piano") is out.
+        options = {w: x for w, x in options.items() if w not in used and _keeps_instrument(w, name)}
         voices.append(Voice(name, _choose(rng, options), name in preferred))
     return tuple(voices)
+
+
+@functools.cache
+def _keeps_instrument(descriptor: str, instrument: str) -> bool:
+    """True when the synthesizer still hears ``instrument`` (and only it) in "descriptor instrument"."""
+    from metabgm_edge.audio.musicparse import parse_description
+
+    return tuple(parse_description(f"{descriptor} {instrument}").named_instruments) == (instrument,)
 
 
 def _genre(

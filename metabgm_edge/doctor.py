@@ -1,0 +1,469 @@
+"""``metabgm-edge doctor``: what this machine can and cannot do for metabgm-edge, and why.
+
+Each check reports ``ok``, ``missing`` (not installed or not present: what that means and how to
+get it) or ``error`` (present but failing: the reason), and never raises: a broken PortAudio, a
+CUDA library that does not load or an unreadable bundle is a line in the report, not a crash.
+
+onnxruntime's ``get_available_providers()`` only says what the package was *built* with. Whether
+CUDA or TensorRT really work is decided by creating a tiny session on each of them (a one-node
+model encoded here, so no ``onnx`` package is needed) and reading ``session.get_providers()``:
+onnxruntime silently drops a provider whose libraries or device are missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "missing", "error"]
+PACKAGES: Final = (
+    "metabgm-edge",
+    "numpy",
+    "msgspec",
+    "click",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tokenizers",
+    "sounddevice",
+    "websockets",
+    "matplotlib",
+    "tensorrt",
+)
+OPTIONAL: Final = {
+    "onnxruntime-gpu": "only for CUDA/TensorRT: pip install 'metabgm-edge[gpu]'",
+    "tensorrt": "only for TensorRT engines: pip install 'metabgm-edge[gpu]'",
+    "matplotlib": "only for `report`: pip install 'metabgm-edge[report]'",
+}
+NO_DEVICE_MEANS: Final = (
+    "`play` then writes the music to --out only and plays nothing (it says so once); "
+    "on a headless machine a PulseAudio null sink gives a real device: scripts/setup-audio.sh"
+)
+
+
+class Check(msgspec.Struct, kw_only=True):
+    name: str
+    status: Status
+    detail: str
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+# -- a one-node ONNX model, encoded by hand (protobuf wire format) ----------------------------------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _int(field: int, value: int) -> bytes:
+    return _varint(field << 3) + _varint(value)
+
+
+def _bytes(field: int, value: bytes | str) -> bytes:
+    raw = value.encode() if isinstance(value, str) else value
+    return _varint(field << 3 | 2) + _varint(len(raw)) + raw
+
+
+def tiny_model(width: int = 4) -> bytes:
+    """ONNX model ``y = x * x`` for a float32 ``x`` of shape (1, width), opset 13, IR version 8."""
+
+    def value_info(name: str) -> bytes:
+        dims = b"".join(_bytes(1, _int(1, d)) for d in (1, width))  # TensorShapeProto.dim
+        tensor = _int(1, 1) + _bytes(2, dims)  # elem_type FLOAT, shape
+        return _bytes(1, name) + _bytes(2, _bytes(1, tensor))  # name, TypeProto.tensor_type
+
+    node = _bytes(1, "x") + _bytes(1, "x") + _bytes(2, "y") + _bytes(3, "square") + _bytes(4, "Mul")
+    graph = _bytes(1, node) + _bytes(2, "doctor") + _bytes(11, value_info("x")) + _bytes(12, value_info("y"))
+    return _int(1, 8) + _bytes(2, "metabgm-edge doctor") + _bytes(7, graph) + _bytes(8, _int(2, 13))
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Capture what native code writes to file descriptor 2 (onnxruntime's fallback reasons)."""
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real fd 2 (embedded interpreter): capture nothing
+        yield lines
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            lines.extend(line for line in tmp.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def try_provider(provider: str, options: dict[str, str] | None = None) -> tuple[Status, str]:
+    """Create and run a tiny session on ``provider``; (status, what happened)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    if provider not in ort.get_available_providers():
+        return "missing", f"this onnxruntime {ort.__version__} was built without {provider}"
+    so = ort.SessionOptions()
+    so.log_severity_level = 2
+    providers: list[Any] = [(provider, options) if options else provider]
+    if provider != "CPUExecutionProvider":
+        providers.append("CPUExecutionProvider")
+    t0 = time.perf_counter()
+    with _captured_stderr() as native:
+        try:
+            session = ort.InferenceSession(tiny_model(), so, providers=providers)
+            x = np.arange(4, dtype=np.float32).reshape(1, 4)
+            (y,) = session.run(None, {"x": x})
+        except Exception as exc:
+            err: Exception | None = exc
+        else:
+            err = None
+    reason = _native_reason(native)
+    if err is not None:
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        return "error", f"creating a session failed: {first}" + (f" ({reason})" if reason else "")
+    got = session.get_providers()
+    if not got or got[0] != provider:
+        return "error", f"onnxruntime fell back to {', '.join(got)}" + (f": {reason}" if reason else "")
+    if not np.allclose(y, x * x):
+        return "error", f"{provider} ran but computed a wrong result {y.tolist()}"
+    return "ok", f"a test session ran on {provider} ({time.perf_counter() - t0:.2f} s to create and run)"
+
+
+def _native_reason(lines: list[str]) -> str:
+    keep = [
+        ln.strip() for ln in lines if any(w in ln.lower() for w in ("error", "fail", "cannot", "require"))
+    ]
+    return " | ".join(keep)[:400]
+
+
+# -- the checks --------------------------------------------------------------------------------------
+
+
+def check_python() -> Check:
+    impl = platform.python_implementation()
+    return Check(
+        name="python",
+        status="ok",
+        detail=f"{impl} {platform.python_version()} ({sys.executable}) on {platform.system()} "
+        f"{platform.machine()}",
+        data={
+            "version": platform.python_version(),
+            "executable": sys.executable,
+            "platform": platform.platform(),
+        },
+    )
+
+
+def check_packages() -> Check:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    required = [n for n in PACKAGES if n not in OPTIONAL]
+    missing = [n for n in required if versions[n] is None]
+    shown = ", ".join(f"{n} {v}" for n, v in versions.items() if v is not None)
+    absent = ", ".join(f"{n} ({OPTIONAL[n]})" for n in OPTIONAL if versions[n] is None)
+    detail = shown + (f"; not installed: {absent}" if absent else "")
+    if missing:
+        return Check(
+            name="packages",
+            status="error",
+            data={"versions": versions},
+            detail=f"required package(s) missing: {', '.join(missing)} (pip install metabgm-edge); " + detail,
+        )
+    return Check(name="packages", status="ok", detail=detail, data={"versions": versions})
+
+
+def check_audio_devices() -> Check:
+    try:
+        import sounddevice as sd
+    except OSError as exc:  # the PortAudio library itself is missing
+        return Check(
+            name="audio output",
+            status="missing",
+            detail=f"PortAudio is not installed ({exc}); {NO_DEVICE_MEANS}",
+        )
+    except ImportError as exc:
+        return Check(
+            name="audio output",
+            status="missing",
+            detail=f"sounddevice is not installed ({exc}); {NO_DEVICE_MEANS}",
+        )
+    from metabgm_edge.audio import SAMPLE_RATE
+    from metabgm_edge.audio.sinks import list_devices, probe_output
+
+    devices = list_devices()
+    data: dict[str, Any] = {
+        "portaudio": sd.get_portaudio_version()[1],
+        "devices": [msgspec.to_builtins(d) for d in devices],
+    }
+    if not devices:
+        return Check(
+            name="audio output",
+            status="missing",
+            data=data,
+            detail=f"no output device ({data['portaudio']}); {NO_DEVICE_MEANS}",
+        )
+    names = "; ".join(
+        f"[{d.index}] {d.name} ({d.hostapi}, {d.max_output_channels} ch)"
+        + (" default" if d.default_output else "")
+        for d in devices
+    )
+    problem = probe_output(None)
+    data["default_usable"] = problem is None
+    if problem is not None:
+        return Check(
+            name="audio output",
+            status="error",
+            data=data,
+            detail=f"{len(devices)} device(s): {names}; but the default output cannot play "
+            f"{SAMPLE_RATE} Hz float32 stereo: {problem}; {NO_DEVICE_MEANS}",
+        )
+    return Check(
+        name="audio output",
+        status="ok",
+        data=data,
+        detail=f"{len(devices)} device(s): {names}; the default plays {SAMPLE_RATE} Hz float32 stereo",
+    )
+
+
+def check_onnxruntime() -> Check:
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return Check(
+            name="onnxruntime",
+            status="missing",
+            detail=f"not importable ({exc}): LLM bundles cannot run; pip install onnxruntime",
+        )
+    available = ort.get_available_providers()
+    status, detail = try_provider("CPUExecutionProvider")
+    return Check(
+        name="onnxruntime",
+        status=status,
+        data={"version": ort.__version__, "built_with": available},
+        detail=f"{ort.__version__}, built with {', '.join(available)}; CPU: {detail}",
+    )
+
+
+def check_provider(label: str, provider: str, options: dict[str, str] | None = None) -> Check:
+    status, detail = try_provider(provider, options)
+    if status == "missing":
+        detail += " (pip install 'metabgm-edge[gpu]' for onnxruntime-gpu; LLM bundles then run on CPU)"
+    return Check(name=label, status=status, detail=detail, data={"provider": provider})
+
+
+def check_tensorrt_library() -> Check:
+    from metabgm_edge.llm import device
+
+    lib = device.tensorrt_version()
+    why = ""
+    try:
+        import tensorrt
+
+        py = str(tensorrt.__version__)
+    except Exception as exc:  # ImportError, or a tensorrt package whose libraries do not load
+        py = None
+        why = f"{type(exc).__name__}: {exc}"
+    data = {"library": lib, "python": py}
+    if lib is None and py is None:
+        return Check(
+            name="tensorrt",
+            status="missing",
+            data=data,
+            detail=f"no TensorRT library (libnvinfer) and no tensorrt Python package ({why}); "
+            "only needed for TensorRT engines: pip install 'metabgm-edge[gpu]'",
+        )
+    parts = [
+        f"libnvinfer {lib}" if lib else "no libnvinfer found",
+        f"python package {py}" if py else "no tensorrt Python package",
+    ]
+    return Check(name="tensorrt", status="ok", data=data, detail=", ".join(parts))
+
+
+def check_gpu() -> Check:
+    from metabgm_edge.llm import device
+
+    driver_gpu = device.gpu()
+    data: dict[str, Any] = {"cuda_driver": msgspec.to_builtins(driver_gpu) if driver_gpu else None}
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        if driver_gpu is None:
+            return Check(
+                name="gpu",
+                status="missing",
+                data=data,
+                detail="no NVIDIA GPU (no nvidia-smi, no CUDA driver): everything runs on the CPU",
+            )
+        return Check(
+            name="gpu",
+            status="ok",
+            data=data,
+            detail=f"{driver_gpu.name} ({driver_gpu.arch}) via the CUDA driver; nvidia-smi not found",
+        )
+    query = "--query-gpu=name,driver_version,memory.total,memory.used,compute_cap"
+    try:
+        proc = subprocess.run(
+            [smi, query, "--format=csv,noheader"], capture_output=True, text=True, timeout=15
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(name="gpu", status="error", data=data, detail=f"nvidia-smi failed: {exc}")
+    if proc.returncode != 0:
+        why = (proc.stderr or proc.stdout).strip().splitlines()
+        return Check(
+            name="gpu",
+            status="error",
+            data=data,
+            detail=f"nvidia-smi exited {proc.returncode}: {why[0] if why else 'no message'}",
+        )
+    gpus = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+    data["nvidia_smi"] = gpus
+    if not gpus:
+        return Check(name="gpu", status="missing", data=data, detail="nvidia-smi lists no GPU")
+    return Check(
+        name="gpu",
+        status="ok",
+        data=data,
+        detail="; ".join(gpus) + " (name, driver, memory total, used, compute capability)",
+    )
+
+
+def check_engines(engines_dir: Path) -> Check:
+    from metabgm_edge.bundle import MANIFEST, default_bundle, find_bundles, read_manifest
+    from metabgm_edge.errors import BundleError
+
+    where = engines_dir.resolve()
+    if not engines_dir.is_dir():
+        return Check(
+            name="engines",
+            status="missing",
+            data={"dir": str(where)},
+            detail=f"{where} does not exist: `play` uses the embedded composer and synthesizer "
+            "(export an LLM bundle with `metabgm-edge export llm`)",
+        )
+    valid = set(find_bundles(engines_dir, "llm"))
+    pick = default_bundle(engines_dir, "llm")
+    rows, problems, found = [], [], []
+    for folder in sorted(p for p in engines_dir.iterdir() if (p / MANIFEST).is_file()):
+        try:
+            m = read_manifest(folder)
+        except BundleError as exc:
+            problems.append(f"{folder.name}: {exc}")
+            continue
+        engine = f", TensorRT engine for {m.engine.gpu_arch}" if m.engine else ""
+        chosen = " <- play uses this one" if folder == pick else ""
+        usable = "" if folder in valid else " (not an LLM bundle)"
+        rows.append(
+            f"{folder.name} ({m.kind} {m.name}, {m.quantization}, target {m.target}{engine}){usable}{chosen}"
+        )
+        found.append(
+            {
+                "folder": str(folder),
+                "kind": m.kind,
+                "name": m.name,
+                "quantization": m.quantization,
+                "target": m.target,
+                "default": folder == pick,
+            }
+        )
+    data = {"dir": str(where), "bundles": found, "problems": problems}
+    if problems:
+        return Check(
+            name="engines",
+            status="error",
+            data=data,
+            detail="; ".join(rows + [f"UNREADABLE {p}" for p in problems]),
+        )
+    if not rows:
+        return Check(
+            name="engines",
+            status="missing",
+            data=data,
+            detail=f"no bundle in {where}: `play` uses the embedded composer rules "
+            "(export one with `metabgm-edge export llm`)",
+        )
+    if pick is None:
+        rows.append("none of them runs here (GPU bundles need onnxruntime-gpu): play uses the composer")
+    return Check(name="engines", status="ok", data=data, detail="; ".join(rows))
+
+
+def check_embedded_audio() -> Check:
+    from metabgm_edge.audio import open_audio_backend
+
+    backend = open_audio_backend("synth")
+    t0 = time.perf_counter()
+    audio, _ = backend.render("calm piano in C major at 80 BPM", 2.0, None, seed=0)
+    took = time.perf_counter() - t0
+    frames = getattr(audio, "shape", (0,))[0]
+    if frames != round(2.0 * backend.sample_rate):
+        return Check(name="synthesizer", status="error", detail=f"rendered {frames} frames for 2 s")
+    return Check(
+        name="synthesizer",
+        status="ok",
+        data={"seconds_for_2s": took},
+        detail=f"{backend.name} renders 2 s of music in {took:.2f} s",
+    )
+
+
+def _guarded(name: str, fn: Callable[[], Check]) -> Check:
+    try:
+        return fn()
+    except Exception as exc:
+        log.debug("doctor check %s failed", name, exc_info=True)
+        return Check(
+            name=name, status="error", detail=f"the check itself failed: {type(exc).__name__}: {exc}"
+        )
+
+
+def run_checks(engines_dir: str | Path = "engines") -> list[Check]:
+    engines = Path(engines_dir)
+    checks: list[tuple[str, Callable[[], Check]]] = [
+        ("python", check_python),
+        ("packages", check_packages),
+        ("audio output", check_audio_devices),
+        ("synthesizer", check_embedded_audio),
+        ("onnxruntime", check_onnxruntime),
+        ("cuda", lambda: check_provider("cuda", "CUDAExecutionProvider")),
+        (
+            "tensorrt provider",
+            lambda: check_provider(
+                "tensorrt provider", "TensorrtExecutionProvider", {"trt_fp16_enable": "1"}
+            ),
+        ),
+        ("tensorrt", check_tensorrt_library),
+        ("gpu", check_gpu),
+        ("engines", lambda: check_engines(engines)),
+    ]
+    return [_guarded(name, fn) for name, fn in checks]
+
+
+def format_checks(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    return "\n".join(f"{c.status:<8} {c.name:<{width}}  {c.detail}" for c in checks)

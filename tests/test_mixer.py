@@ -1,0 +1,178 @@
+"""The mixer: seamless joins, steady loudness through equal-power crossfades, transitions within
+one crossfade, the extend-previous fallback, starvation, and real synthesizer segments."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metabgm_edge.audio import SAMPLE_RATE
+from metabgm_edge.audio.mixer import Mixer, crossfade
+from metabgm_edge.audio.synth import ProceduralSynth
+
+SR = SAMPLE_RATE
+XF = SR // 2  # 0.5 s crossfade
+
+
+def _sine(freq: float, seconds: float, phase: float = 0.0, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * SR)) / SR
+    x = amp * np.sin(2 * np.pi * freq * t + phase)
+    return np.stack([x, x], axis=1).astype(np.float32)
+
+
+def _noise(seconds: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((round(seconds * SR), 2)).astype(np.float32)
+
+
+def worst_jump_ratio(x: np.ndarray, at: int, near: int = 64, context: int = SR // 10) -> float:
+    """The largest sample-to-sample step within ``near`` samples of ``at`` divided by the largest
+    step in the ``context`` samples before and after (the local envelope of the signal's steps).
+    A click makes this much larger than 1."""
+    d = np.abs(np.diff(x, axis=0)).max(axis=1)
+    around = d[max(0, at - near) : at + near]
+    before = d[max(0, at - near - context) : max(0, at - near)]
+    after = d[at + near : at + near + context]
+    local = max(float(before.max(initial=0.0)), float(after.max(initial=0.0)), 1e-9)
+    return float(around.max()) / local
+
+
+def test_jump_detector_flags_a_butt_splice() -> None:
+    """The click measure used below must catch a hard cut (otherwise the tests prove nothing)."""
+    a, b = _sine(220, 1.0), _sine(330, 1.0, phase=2.0)
+    cut = SR // 2 + int(np.argmax(a[SR // 2 : SR // 2 + 200, 0]))  # a at its crest
+    resume = SR // 2 + int(np.argmin(b[SR // 2 : SR // 2 + 200, 0]))  # b at its trough
+    spliced = np.concatenate([a[:cut], b[resume:]])
+    assert worst_jump_ratio(spliced, cut) > 3.0
+
+
+def test_join_has_no_click() -> None:
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    a = _sine(220, 2.0)  # last 0.5 s is the tail
+    b = _sine(330, 2.0, phase=2.0)
+    m.append(a, XF)
+    m.append(b, XF)
+    out = m.read(round(3.0 * SR))
+    join_start, join_end = 2 * SR - XF, 2 * SR
+    for at in (join_start, join_end):
+        assert worst_jump_ratio(out, at) < 1.2
+    # After the fade-in from silence and before the join: a exactly; after the join: b exactly.
+    np.testing.assert_array_equal(out[XF:join_start], a[XF:join_start])
+    np.testing.assert_array_equal(out[join_end : join_end + SR], b[XF : XF + SR])
+
+
+def test_equal_power_crossfade_keeps_loudness_on_uncorrelated_signals() -> None:
+    a, b = _noise(1.5, 1), _noise(1.5, 2)
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    m.append(a, XF)
+    m.append(b, XF)
+    out = m.read(round(2.0 * SR))
+    region = out[SR - 2000 : SR + XF + 2000]  # through the whole crossfade
+    win = SR // 50
+    rms = np.sqrt((region[: region.shape[0] // win * win] ** 2).reshape(-1, win, 2).mean(axis=(1, 2)))
+    assert np.all(np.abs(20 * np.log10(rms)) < 1.0), np.round(20 * np.log10(rms), 2)
+    # and it is the textbook equal-power curve when the sides are uncorrelated
+    ones = np.ones((XF, 2), dtype=np.float32)
+    g_out = crossfade(ones, np.zeros_like(ones), correlation=0.0)[:, 0]
+    g_in = crossfade(np.zeros_like(ones), ones, correlation=0.0)[:, 0]
+    np.testing.assert_allclose(g_out**2 + g_in**2, 1.0, atol=1e-5)
+
+
+def test_correlated_join_does_not_swell() -> None:
+    """Two sides playing the same music (the synthesizer's continuation): no +3 dB bump."""
+    a = _noise(1.5, 3)
+    b = np.concatenate([a[-XF:], _noise(1.0, 4)])  # b's head repeats a's tail
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    m.append(a, XF)
+    m.append(b, 0)
+    out = m.read(a.shape[0] - XF + XF)
+    np.testing.assert_allclose(out[-XF:], a[-XF:], atol=1e-5)
+
+
+def test_transition_switches_within_one_crossfade() -> None:
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    old = _sine(220, 10.0)
+    new = _sine(660, 4.0, phase=1.0)
+    m.append(old, XF)
+    before = m.read(SR)  # 1 s of the old segment has played
+    m.transition(new, XF)
+    assert m.queued_seconds == pytest.approx((new.shape[0] - XF) / SR)  # the old rest is dropped
+    out = m.read(2 * SR)
+    joined = np.concatenate([before[-SR // 10 :], out])
+    assert worst_jump_ratio(joined, SR // 10) < 1.2  # no click where the switch begins
+    np.testing.assert_array_equal(out[XF:], new[XF : 2 * SR])  # the new audio alone after one crossfade
+    spectrum = np.abs(np.fft.rfft(out[XF:, 0]))
+    freqs = np.fft.rfftfreq(out[XF:].shape[0], 1 / SR)
+    assert spectrum[np.argmin(np.abs(freqs - 220))] < 1e-3 * spectrum.max()  # the old music is gone
+    assert m.stats.transitions == 1
+
+
+def test_extend_previous_keeps_sound_going() -> None:
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    seg = _noise(2.5, 5) * np.linspace(0.5, 1.0, round(2.5 * SR), dtype=np.float32)[:, None]
+    m.append(seg, XF)
+    m.read(seg.shape[0] - XF)  # the body has played; only the held tail is left
+    got = m.extend_previous(5.0)
+    assert got == pytest.approx(5.0, abs=0.01)
+    out = m.read(round(5.0 * SR))
+    win = SR // 20
+    rms = np.sqrt((out[: out.shape[0] // win * win] ** 2).reshape(-1, win, 2).mean(axis=(1, 2)))
+    assert rms.min() > 0.3  # never silent
+    assert m.stats.starvations == 0
+    assert m.stats.extensions == 1 and m.stats.extended_seconds == pytest.approx(5.0, abs=0.01)
+
+
+def test_extend_previous_with_nothing_to_repeat() -> None:
+    m = Mixer(SR, 2)
+    assert m.extend_previous(3.0) == 0.0
+
+
+def test_starvation_fades_out_then_silence_and_a_new_segment_fades_in() -> None:
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    a = _sine(440, 2.0)
+    m.append(a, XF)
+    out = m.read(3 * SR)
+    body = a.shape[0] - XF
+    np.testing.assert_array_equal(out[XF:body], a[XF:body])
+    fade = out[body : body + XF]
+    assert np.abs(fade[:100]).max() > 0.4 and np.abs(fade[-50:]).max() < 0.01  # faded, no cut
+    assert out.shape[0] > body + XF and not out[body + XF :].any()
+    assert m.stats.starvations == 1
+    assert worst_jump_ratio(out, body) < 1.2
+    m.append(_sine(440, 1.0, phase=1.3), XF)  # starts mid-waveform: must not click
+    again = m.read(SR // 2)
+    assert abs(float(again[0, 0])) < 0.01
+    assert worst_jump_ratio(np.concatenate([out[-SR // 10 :], again]), SR // 10) < 1.2
+
+
+def test_rejects_bad_segments_and_cleans_nan() -> None:
+    m = Mixer(SR, 2)
+    with pytest.raises(ValueError, match="shape"):
+        m.append(np.zeros((100, 1), dtype=np.float32), 0)
+    with pytest.raises(ValueError, match="tail_frames"):
+        m.append(np.zeros((100, 2), dtype=np.float32), 200)
+    bad = _sine(220, 1.0)
+    bad[100:200] = np.nan
+    m.append(bad, 0)
+    assert np.isfinite(m.read(SR)).all()
+
+
+def test_synth_segments_join_without_clicks() -> None:
+    """Real segments: the same description continuing, then a sharp change of scene."""
+    synth = ProceduralSynth()
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    anchor = None
+    descriptions = [
+        "calm piano and strings, soft, in G major",
+        "calm piano and strings, soft, in G major",
+        "intense battle, fast driving drums, brass, dark minor",
+    ]
+    for desc in descriptions:
+        audio, anchor = synth.render(desc, 4.0, anchor, tail=0.5, seed=7)
+        m.append(audio, XF)
+    out = m.read(round(12.0 * SR))
+    for k in (1, 2):
+        join = 4 * k * SR  # segment k's body ends here; the crossfade runs for the next 0.5 s
+        for at in range(join, join + XF + 1, XF // 4):
+            assert worst_jump_ratio(out, at) < 1.5, (k, at)
+    assert np.abs(out).max() < 1.0
