@@ -261,6 +261,51 @@ def _device(spec: str | None) -> int | str | None:
     return int(spec) if spec.isdigit() else spec
 
 
+# -- render ---------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("description")
+@click.option("--seconds", default=10.0, show_default=True, help="Length of the audio (0.5-120 s).")
+@click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
+@click.option("--continue-from", "previous", type=click.Path(exists=True, dir_okay=False),
+              help="A WAV written by `render` or `play --out`: continue its music (its melodic anchor).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
+def render(
+    description: str, seconds: float, audio_spec: str, previous: str | None, seed: int, out: str
+) -> None:
+    """Render one DESCRIPTION to audio: previews for sound designers, tests for audio backends.
+
+    The WAV carries the melodic anchor, so `--continue-from` can chain previews.
+    """
+    import time
+
+    from metabgm_edge.audio import open_audio_backend
+    from metabgm_edge.audio.synth import anchor_from_bytes, anchor_to_bytes
+    from metabgm_edge.audio.wav import read_wav, write_wav
+
+    if not 0.5 <= seconds <= 120.0:
+        raise click.BadParameter("must be between 0.5 and 120 seconds", param_hint="--seconds")
+    backend = open_audio_backend(audio_spec)
+    anchor = None
+    if previous is not None:
+        info = read_wav(previous)[1]
+        if info.metadata is None:
+            log.warning("%s holds no melodic anchor: starting fresh", previous)
+        else:
+            try:
+                anchor = anchor_from_bytes(info.metadata)
+            except ValueError as exc:
+                log.warning("%s: %s; starting fresh", previous, exc)
+    t0 = time.perf_counter()
+    audio, next_anchor = backend.render(description, seconds, anchor, tail=0.0, seed=seed)
+    took = time.perf_counter() - t0
+    write_wav(out, audio, backend.sample_rate, metadata=anchor_to_bytes(next_anchor))
+    summary = next_anchor.summary() if hasattr(next_anchor, "summary") else {}
+    click.echo(f"wrote {out}: {audio.shape[0] / backend.sample_rate:.1f} s in {took:.2f} s {summary}")
+
+
 # -- record ---------------------------------------------------------------------------------------
 
 

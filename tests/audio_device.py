@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SINK = "ci_null"
@@ -156,3 +157,22 @@ def pulse_null_sink_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 os.environ[key] = value
         with contextlib.suppress(Exception):
             _reinit_portaudio()
+
+
+def locate(chunk: np.ndarray, captured: np.ndarray, expected: int, radius: int) -> int | None:
+    """Offset in ``captured`` where ``chunk`` sits (best normalised cross-correlation), searched
+    within ``radius`` of ``expected``."""
+    lo = max(0, expected - radius)
+    hi = min(captured.shape[0], expected + radius + chunk.shape[0])
+    window = captured[lo:hi, 0].astype(np.float64)
+    ref = chunk[:, 0].astype(np.float64)
+    m = ref.shape[0]
+    if window.shape[0] < m:
+        return None
+    size = 1 << int(np.ceil(np.log2(window.shape[0] + m)))
+    corr = np.fft.irfft(np.fft.rfft(window, size) * np.conj(np.fft.rfft(ref, size)), size)
+    corr = corr[: window.shape[0] - m + 1]
+    csum = np.concatenate([[0.0], np.cumsum(window**2)])
+    energy = csum[m:] - csum[:-m]
+    ncc = corr / np.sqrt(np.maximum(energy, 1e-12) * max(float(ref @ ref), 1e-12))
+    return lo + int(np.argmax(ncc))

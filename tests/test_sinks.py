@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from audio_device import PulseSink, pulse_null_sink_fixture, stop_recording  # noqa: F401 (fixture)
+from audio_device import PulseSink, locate, pulse_null_sink_fixture, stop_recording  # noqa: F401 (fixture)
 
 from metabgm_edge.audio import SAMPLE_RATE
 from metabgm_edge.audio import sinks as sinks_mod
@@ -312,25 +312,6 @@ def test_headless_machine_falls_back_to_file_in_a_fresh_process(tmp_path: Path) 
 # --- a real device ---------------------------------------------------------------------------
 
 
-def _locate(chunk: np.ndarray, captured: np.ndarray, expected: int, radius: int) -> int | None:
-    """Offset in ``captured`` where ``chunk`` sits (best normalised cross-correlation), searched
-    within ``radius`` of ``expected``."""
-    lo = max(0, expected - radius)
-    hi = min(captured.shape[0], expected + radius + chunk.shape[0])
-    window = captured[lo:hi, 0].astype(np.float64)
-    ref = chunk[:, 0].astype(np.float64)
-    m = ref.shape[0]
-    if window.shape[0] < m:
-        return None
-    size = 1 << int(np.ceil(np.log2(window.shape[0] + m)))
-    corr = np.fft.irfft(np.fft.rfft(window, size) * np.conj(np.fft.rfft(ref, size)), size)
-    corr = corr[: window.shape[0] - m + 1]
-    csum = np.concatenate([[0.0], np.cumsum(window**2)])
-    energy = csum[m:] - csum[:-m]
-    ncc = corr / np.sqrt(np.maximum(energy, 1e-12) * max(float(ref @ ref), 1e-12))
-    return lo + int(np.argmax(ncc))
-
-
 @pytest.mark.audio_device
 def test_device_output_equals_the_wav_it_tees(pulse_null_sink: PulseSink, tmp_path: Path) -> None:
     synth = ProceduralSynth()
@@ -370,7 +351,7 @@ def test_device_output_equals_the_wav_it_tees(pulse_null_sink: PulseSink, tmp_pa
 
     # What reached the sink equals the WAV once aligned, chunk by chunk (an underflow on a loaded
     # machine inserts silence at the device, shifting what follows: each chunk is re-located).
-    start = _locate(played[SR // 4 : SR // 4 + 4096], captured, SR, captured.shape[0])
+    start = locate(played[SR // 4 : SR // 4 + 4096], captured, SR, captured.shape[0])
     assert start is not None
     offset = start - SR // 4
     chunk = SR // 20
@@ -382,7 +363,7 @@ def test_device_output_equals_the_wav_it_tees(pulse_null_sink: PulseSink, tmp_pa
         if np.abs(ref).max() < 1e-4:
             continue
         total += 1
-        at = _locate(ref, captured, offset + i, radius=SR // 2)
+        at = locate(ref, captured, offset + i, radius=SR // 2)
         if (
             at is not None
             and at + chunk <= captured.shape[0]

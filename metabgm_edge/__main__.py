@@ -1,0 +1,3 @@
+from metabgm_edge.cli import run
+
+run()
