@@ -246,6 +246,9 @@ def play(
         profile=load_profile(profile_path), out=out, log_path=log_path, device=_device(device),
     )  # fmt: skip
     session.on_segment = _print_segment
+    if hasattr(src, "listen_address"):
+        host, port = src.listen_address
+        click.echo(f"Minecraft: join {host}:{port} (Multiplayer > Direct Connection) to play with music")
     stats = session.run()
     fb = ", ".join(f"{k} {v}" for k, v in sorted(stats.fallbacks.items())) or "none"
     click.echo(

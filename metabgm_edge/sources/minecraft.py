@@ -1,0 +1,447 @@
+"""Live player state from a Minecraft server, through the bundled Node connector.
+
+``minecraft://HOST:PORT`` starts ``connectors/minecraft/connector.js``: a proxy that listens on
+``listen`` (127.0.0.1:25566 by default). The player adds that address as a server in Minecraft
+(Multiplayer, Direct Connection) and joins it; the connector joins HOST:PORT with the player's name,
+passes every packet through unchanged and reads the player's state from them: biome, dimension,
+time, weather, health, food, position, status flags, hostile mobs nearby, damage taken. It writes
+that state to its stdout as the live-state protocol, one JSON object per line, several times a
+second; this source validates every line like any other live message.
+
+What works: offline-mode servers (``online-mode=false`` in server.properties), Minecraft 1.16 to
+1.20.1 (tested on 1.16.5 and 1.18.2). What does not: online-mode servers (the connector cannot
+authenticate with Mojang for the player; it refuses them with a message in the game), 1.20.2 and
+newer (refused too).
+
+The music never waits for Minecraft: when the server goes away, the player leaves, or the
+connector dies, :meth:`sample` keeps answering with the last state (the time since the last hit
+keeps counting), the loss is reported once as a warning, and the connector is restarted with
+exponential backoff. :meth:`close` stops the connector; it also exits by itself when this process
+goes away (its stdin closes), so it never outlives the runtime.
+
+Query parameters (all optional): ``listen=HOST:PORT``, ``version=auto|1.16.5``, ``rate=HZ`` (5),
+``hostile_radius=BLOCKS`` (32), ``attack_window=SECONDS`` (10), ``backoff_max=SECONDS`` (30).
+``METABGM_EDGE_NODE`` names the node binary; ``METABGM_EDGE_MINECRAFT_CONNECTOR`` the connector's
+folder (default: connectors/minecraft in the source checkout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any, Final
+
+import msgspec
+
+from metabgm_edge.errors import SourceError
+from metabgm_edge.sources import LiveSource
+from metabgm_edge.state import MAX_MESSAGE_BYTES, SceneState
+
+log = logging.getLogger(__name__)
+
+NODE_ENV: Final = "METABGM_EDGE_NODE"
+CONNECTOR_ENV: Final = "METABGM_EDGE_MINECRAFT_CONNECTOR"
+DEFAULT_LISTEN: Final = "127.0.0.1:25566"
+MIN_NODE_MAJOR: Final = 20
+STALL_S: Final = 3.0
+"""A session that sends nothing for this long counts as lost (the connector sends 5 times a second)."""
+STABLE_S: Final = 30.0
+"""A connector that ran this long before it stopped is restarted at the shortest delay again."""
+SETUP_HINT: Final = (
+    "run `make test` in the metabgm-edge checkout, or `npm ci` in connectors/minecraft "
+    f"(set {CONNECTOR_ENV} to use a connector folder elsewhere)"
+)
+_VERSION_RE = re.compile(r"^(auto|1\.\d{1,2}(\.\d{1,2})?)$")
+
+
+def connector_dir() -> Path:
+    """The connector's folder: $METABGM_EDGE_MINECRAFT_CONNECTOR, else the checkout's connectors/minecraft."""
+    env = os.environ.get(CONNECTOR_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return Path(__file__).resolve().parents[2] / "connectors" / "minecraft"
+
+
+def find_node() -> str:
+    """The node binary: $METABGM_EDGE_NODE, else ``node`` on PATH. Raises SourceError when missing or old."""
+    wanted = os.environ.get(NODE_ENV) or "node"
+    node = shutil.which(wanted)
+    if node is None:
+        raise SourceError(
+            f"the Minecraft connector needs Node.js {MIN_NODE_MAJOR} or newer, and {wanted!r} was not found: "
+            f"install Node.js (for example `apt-get install nodejs`) or set {NODE_ENV} to its path"
+        )
+    try:
+        out = subprocess.run(
+            [node, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+        major = int(out.strip().lstrip("v").split(".")[0])
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        raise SourceError(f"cannot run {node} --version ({exc}); set {NODE_ENV} to a working node") from None
+    if major < MIN_NODE_MAJOR:
+        raise SourceError(
+            f"{node} is Node.js {major}; the Minecraft connector needs {MIN_NODE_MAJOR} or newer"
+        )
+    return node
+
+
+def check_connector(folder: Path) -> Path:
+    """The connector script, after checking that its npm packages are installed."""
+    script = folder / "connector.js"
+    if not script.is_file():
+        raise SourceError(f"the Minecraft connector is not at {script}: {SETUP_HINT}")
+    if not (folder / "node_modules" / "minecraft-protocol" / "package.json").is_file():
+        raise SourceError(
+            f"the Minecraft connector's npm packages are not installed in {folder}: {SETUP_HINT}"
+        )
+    return script
+
+
+def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = True) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise SourceError(f"minecraft source: {name}={value!r} is not a number") from None
+    if not (low < number <= high if low_open else low <= number <= high):
+        bracket = "(" if low_open else "["
+        raise SourceError(f"minecraft source: {name}={value!r} must be in {bracket}{low:g}, {high:g}]")
+    return number
+
+
+def _host_port(text: str, what: str) -> tuple[str, int]:
+    match = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d{1,5})", text.strip())
+    if not match or not match.group(1):
+        raise SourceError(
+            f"minecraft source: {what}={text!r} must be HOST:PORT, for example {DEFAULT_LISTEN}"
+        )
+    port = int(match.group(2))
+    if port > 65535:
+        raise SourceError(f"minecraft source: {what}={text!r}: port must be at most 65535")
+    return match.group(1), port
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class MinecraftSource(LiveSource):
+    """The player's state from a Minecraft session, through the connector's proxy."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int | str,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        version: str = "auto",
+        rate: float | str = 5.0,
+        hostile_radius: float | str = 32.0,
+        attack_window: float | str = 10.0,
+        backoff_max: float | str = 30.0,
+        **unknown: str,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            raise SourceError(
+                f"minecraft source: unknown parameter(s) {', '.join(sorted(unknown))}; known: listen, "
+                "version, rate, hostile_radius, attack_window, backoff_max"
+            )
+        self.host = host
+        self.port = int(_number("port", port, 1, 65535, low_open=False))
+        self.listen_host, self._listen_port = _host_port(listen, "listen")
+        if not _VERSION_RE.match(version):
+            raise SourceError(f"minecraft source: version={version!r} must be auto or like 1.16.5")
+        self.version = version
+        self.rate = _number("rate", rate, 0, 50)
+        self.hostile_radius = _number("hostile_radius", hostile_radius, 0, 256)
+        self.attack_window = _number("attack_window", attack_window, 0, 600)
+        self.backoff_max = _number("backoff_max", backoff_max, 0.5, 600, low_open=False)
+        self.uri = f"minecraft://{_join(host, self.port)}"
+        self.node = find_node()
+        self.folder = connector_dir()
+        self.script = check_connector(self.folder)
+
+        self.listening = threading.Event()
+        """Set while the connector's proxy accepts the player's client."""
+        self.restarts = 0
+        """How many times the connector was started again after it stopped."""
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._status = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._in_session = False
+        self._session_since = 0.0
+        self._lost = False
+        self._said: set[str] = set()
+
+    # ---- the Source interface ----
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._supervise, name="minecraft-connector", daemon=True)
+        self._thread.start()
+
+    def sample(self, now: float) -> SceneState | None:
+        with self._lock:
+            state, at = self._latest, self._latest_at
+        if state is None or state.attacked is None or at is None:
+            return state
+        # Kept past its time (the session is gone): the last hit keeps getting older.
+        age = time.monotonic() - at
+        if age < 1.0:
+            return state
+        attacked = msgspec.structs.replace(
+            state.attacked, seconds_ago=min(state.attacked.seconds_ago + age, 1e6)
+        )
+        return msgspec.structs.replace(state, attacked=attacked)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._status:
+            proc = self._proc
+        if proc is not None:
+            _stop_process(proc)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.listening.clear()
+
+    # ---- status ----
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """Where the player's Minecraft client joins (the port is known once listening when 0 was asked)."""
+        return self.listen_host, self._listen_port
+
+    @property
+    def in_session(self) -> bool:
+        """True while a player is in the world through the connector."""
+        with self._status:
+            return self._in_session
+
+    @property
+    def pid(self) -> int | None:
+        """The running connector's process id, or None."""
+        with self._status:
+            return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
+    def wait_listening(self, timeout: float) -> tuple[str, int]:
+        """Block until the proxy accepts the player's client; raise SourceError after ``timeout`` s."""
+        if not self.listening.wait(timeout):
+            detail = f": {self.last_error}" if self.last_error else ""
+            raise SourceError(f"the Minecraft connector did not start listening within {timeout:g} s{detail}")
+        return self.listen_address
+
+    # ---- internals ----
+    def _accept(self, state: SceneState) -> None:
+        super()._accept(state)
+        with self._status:
+            back, self._lost = self._lost, False
+        if back:
+            log.info("%s: player state is flowing again", self.uri)
+
+    def _report_loss(self, why: str, then: str, *, ended: bool = True) -> None:
+        """Warn once per outage; the last state stays. ``ended``: the session is over."""
+        with self._status:
+            if ended:
+                self._in_session = False
+            if self._lost:
+                log.debug("%s: %s", self.uri, why)
+                return
+            self._lost = True
+        with self._lock:
+            keep = "the music keeps the last state" if self._latest is not None else "no player state yet"
+        log.warning("%s: %s; %s; %s", self.uri, why, keep, then)
+
+    def _command(self) -> list[str]:
+        return [
+            self.node, str(self.script),
+            "--server", _join(self.host, self.port),
+            "--listen", _join(self.listen_host, self._listen_port),
+            "--version", self.version,
+            "--rate", f"{self.rate:g}",
+            "--hostile-radius", f"{self.hostile_radius:g}",
+            "--attack-window", f"{self.attack_window:g}",
+            "--parent-pipe",
+        ]  # fmt: skip
+
+    def _supervise(self) -> None:
+        delay = 0.5
+        while not self._stop.is_set():
+            started = time.monotonic()
+            accepted_before = self.stats().accepted
+            try:
+                proc = subprocess.Popen(
+                    self._command(),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    cwd=self.folder,
+                    start_new_session=True,  # Ctrl-C goes to the runtime, which then closes the connector
+                )
+            except OSError as exc:
+                self.last_error = f"cannot start {self.node}: {exc}"
+                self._report_loss(self.last_error, f"trying again in {delay:g} s")
+            else:
+                with self._status:
+                    self._proc = proc
+                readers = [
+                    threading.Thread(target=self._read_states, args=(proc.stdout,), daemon=True,
+                                     name="minecraft-states"),
+                    threading.Thread(target=self._read_events, args=(proc.stderr,), daemon=True,
+                                     name="minecraft-events"),
+                ]  # fmt: skip
+                for reader in readers:
+                    reader.start()
+                while proc.poll() is None and not self._stop.wait(0.25):
+                    self._watch()
+                if self._stop.is_set():
+                    _stop_process(proc)
+                    return
+                code = proc.wait()
+                for reader in readers:
+                    reader.join(timeout=2)
+                self.listening.clear()
+                with self._status:
+                    self._proc = None
+                detail = f": {self.last_error}" if self.last_error else ""
+                if time.monotonic() - started >= STABLE_S or self.stats().accepted > accepted_before:
+                    delay = 0.5
+                self._report_loss(
+                    f"the Minecraft connector stopped (exit code {code}){detail}",
+                    f"restarting it in {delay:g} s (backoff up to {self.backoff_max:g} s)",
+                )
+            if self._stop.wait(delay):
+                return
+            self.restarts += 1
+            delay = min(delay * 2, self.backoff_max)
+
+    def _watch(self) -> None:
+        """A session that went quiet counts as lost (the connector hangs, or the machine sleeps)."""
+        with self._status:
+            since = self._session_since if self._in_session else None
+        if since is None:
+            return
+        quiet = time.monotonic() - max(since, self.last_message_at or since)
+        if quiet > STALL_S:
+            self._report_loss(f"no player state for {quiet:.1f} s", "waiting for the connector", ended=False)
+
+    def _read_states(self, stream: IO[bytes] | None) -> None:
+        if stream is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            while line := stream.readline(MAX_MESSAGE_BYTES + 2):
+                line = line.strip()
+                if line:
+                    self._offer(line, "connector")
+
+    def _read_events(self, stream: IO[bytes] | None) -> None:
+        if stream is None:
+            return
+        plain = 0
+        with contextlib.suppress(OSError, ValueError):
+            while raw := stream.readline(64 * 1024):
+                text = raw.decode("utf-8", "replace").rstrip()
+                if not text:
+                    continue
+                event: Any = None
+                if text.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(text)
+                if isinstance(event, dict) and isinstance(event.get("event"), str):
+                    self._on_event(event)
+                elif plain < 20:
+                    plain += 1
+                    log.warning("%s: connector: %s", self.uri, text[:500])
+                else:
+                    log.debug("%s: connector: %s", self.uri, text[:500])
+
+    def _once(self, level: int, key: str, msg: str, *args: Any) -> None:
+        """Log a message once per distinct key (the same trouble repeating is logged at debug)."""
+        with self._status:
+            first = key not in self._said
+            self._said.add(key)
+        log.log(level if first else logging.DEBUG, msg, *args)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "listening":
+            port = event.get("port")
+            if isinstance(port, int) and 0 < port < 65536:
+                self._listen_port = port  # a restart listens on the same port (when 0 was asked)
+            self.listening.set()
+            self._once(
+                logging.INFO, "listening",
+                "%s: join %s in Minecraft (Multiplayer, Direct Connection) to play on %s (Minecraft %s)",
+                self.uri, _join(self.listen_host, self._listen_port), _join(self.host, self.port),
+                event.get("version"),
+            )  # fmt: skip
+        elif kind == "waiting_for_server":
+            self.last_error = f"the server does not answer ({event.get('error')})"
+            self._once(logging.WARNING, "waiting", "%s: %s; retrying", self.uri, self.last_error)
+        elif kind == "player_joined":
+            log.debug("%s: %s joined the proxy", self.uri, event.get("username"))
+        elif kind == "session_started":
+            with self._status:
+                self._in_session = True
+                self._session_since = time.monotonic()
+            self.last_error = None
+            log.info("%s: %s is in the world; reading the player's state", self.uri, event.get("username"))
+        elif kind == "session_ended":
+            by = event.get("by")
+            if by == "player":
+                self._report_loss(
+                    f"{event.get('username')} left the game", "waiting for the player to join again"
+                )
+            else:
+                self._report_loss(
+                    str(event.get("message") or f"the session ended ({by})"),
+                    "waiting for the player to rejoin",
+                )
+        elif kind == "refused":
+            self.last_error = str(event.get("message") or event.get("reason") or "refused")
+            self._once(logging.ERROR, "refused:" + self.last_error, "%s: %s", self.uri, self.last_error)
+            self._report_loss("the server refused the player", "waiting for a player who can join")
+        elif kind == "fatal":
+            self.last_error = str(event.get("error"))
+            self._once(
+                logging.ERROR, "fatal:" + self.last_error, "%s: connector: %s", self.uri, self.last_error
+            )
+        elif kind == "parse_error":
+            self._once(
+                logging.WARNING, f"parse:{event.get('packet')}",
+                "%s: connector could not read a %s packet (it was passed on): %s",
+                self.uri, event.get("packet"), event.get("error"),
+            )  # fmt: skip
+        else:
+            log.debug("%s: connector event %s", self.uri, event)
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Close stdin (the connector exits by itself), then terminate, then kill."""
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
