@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -237,6 +238,12 @@ def play(
         raise click.UsageError("--fast with a simulated source needs --duration (it never ends)")
     if fast and out is None:
         log.warning("--fast without --out: the audio is rendered and discarded (use it to time the pipeline)")
+    if not fast and out is None:
+        from metabgm_edge.audio.sinks import probe_output
+
+        if probe_output(_device(device)) is not None:
+            # No speakers: keep the music anyway, in a file to play later (the sink says so, once).
+            out = time.strftime("metabgm-edge-%Y%m%d-%H%M%S.wav")
     options = PlayOptions(
         interval=interval, sample_period=sample_period, deadline=deadline, crossfade=crossfade,
         mode=cast("Mode", mode), seed=seed, transitions=transitions, fast=fast, duration=duration,
@@ -282,8 +289,6 @@ def render(
 
     The WAV carries the melodic anchor, so `--continue-from` can chain previews.
     """
-    import time
-
     from metabgm_edge.audio import open_audio_backend
     from metabgm_edge.audio.synth import anchor_from_bytes, anchor_to_bytes
     from metabgm_edge.audio.wav import read_wav, write_wav

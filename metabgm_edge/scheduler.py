@@ -460,7 +460,6 @@ class Session:
         self.stats.sink = getattr(sink, "kind", type(sink).__name__)
         pipeline = threading.Thread(target=self._pipeline, name="metabgm-pipeline", daemon=True)
         low_water = opts.crossfade + opts.buffer_seconds + 0.25
-        started = time.monotonic()
         self.acquisition.start()
         pipeline.start()
         try:
@@ -486,13 +485,16 @@ class Session:
             self._stop.set()
             self.acquisition.stop()
             pipeline.join(timeout=2 * opts.budget)
+            # End with a fade: crossfade whatever plays into silence and drop the rest.
+            fade = round(opts.crossfade * sr)
+            self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
             feeder.finish(timeout=2.0)
             feeder.stop()
             sink.stop(drain=True, timeout=2.0)
             st = sink.stats()
             self.stats.underruns = st.ring_underruns
             self.stats.device_underflows = getattr(st, "underflows", 0)
-            self.stats.seconds = time.monotonic() - started
+            self.stats.seconds = st.frames / sr
 
     def _pipeline(self) -> None:
         try:
