@@ -14,6 +14,7 @@ import msgspec
 
 from metabgm_edge import __version__
 from metabgm_edge.errors import MetabgmError
+from metabgm_edge.export.cli import export
 
 if TYPE_CHECKING:
     from metabgm_edge.stages import Mode
@@ -44,6 +45,9 @@ def main(verbose: int, quiet: bool) -> None:
     every segment, in real time.
     """
     _setup_logging(verbose, quiet)
+
+
+main.add_command(export)
 
 
 def run() -> None:

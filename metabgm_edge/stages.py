@@ -30,6 +30,10 @@ from metabgm_edge.text import ChatMessage, Stage, StageRequest, TextBackend
 log = logging.getLogger(__name__)
 
 MAX_WORDS: Final = 20
+NARRATIVE_TOKENS: Final = 80
+"""Two or three sentences; the budget that keeps both stages of a segment near 2.5 s on 2 CPU cores."""
+DESCRIPTION_TOKENS: Final = 40
+"""20 words are about 26-30 tokens; the rest is margin before the cut."""
 Mode = Literal["two-stage", "direct"]
 MODES: Final = ("two-stage", "direct")
 
@@ -146,7 +150,7 @@ def describe(
             narrative=narrative,
             profile=profile,
             seed=seed,
-            max_new_tokens=96 if stage == "narrative" else 48,
+            max_new_tokens=NARRATIVE_TOKENS if stage == "narrative" else DESCRIPTION_TOKENS,
         )
 
     narrative: str | None = None

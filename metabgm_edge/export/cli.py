@@ -1,0 +1,87 @@
+"""``metabgm-edge export``: make runtime bundles from models. Needs ``pip install 'metabgm-edge[export]'``.
+
+Only click and the standard library are imported here; torch, transformers and optimum are
+imported when an export runs, and their absence is reported with the pip command to run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+QUANTS = ("int4", "int8", "fp16", "fp32")
+TARGETS = ("cpu", "cuda", "tensorrt")
+
+
+def _run(recipe_path: Path | None, force: bool, **flags: Any) -> None:
+    from metabgm_edge.errors import MetabgmError
+    from metabgm_edge.export.llm import export_llm
+    from metabgm_edge.export.recipe import Recipe, RecipeError, load_recipe, merge
+
+    try:
+        recipe = load_recipe(recipe_path) if recipe_path else Recipe()
+        recipe = merge(recipe, **flags)
+        export_llm(recipe, force=force, progress=lambda line: click.echo(line, err=True))
+    except (RecipeError, MetabgmError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group(invoke_without_command=True)
+@click.option(
+    "--recipe",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run the export a recipe describes (export/NAME.toml).",
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.pass_context
+def export(ctx: click.Context, recipe: Path | None, force: bool) -> None:
+    """Make runtime bundles from models (needs the export extra).
+
+    \b
+    metabgm-edge export --recipe export/smollm2-135m-instruct.toml
+    metabgm-edge export llm --model path/to/model.gguf --quant int4 --out engines/my-model
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["recipe"] = recipe
+    ctx.obj["force"] = force
+    if ctx.invoked_subcommand is None:
+        if recipe is None:
+            click.echo(ctx.get_help())
+            return
+        _run(recipe, force)
+
+
+@export.command("llm")
+@click.option("--model", help="HF model folder, .gguf file, or package:MODULE/FILE.")
+@click.option("--lora", help="peft LoRA adapter folder to merge into the weights.")
+@click.option("--quant", type=click.Choice(QUANTS), help="Weight precision (default int8).")
+@click.option("--target", type=click.Choice(TARGETS), help="Where the bundle runs (default cpu).")
+@click.option("--out", help="Bundle folder to write, e.g. engines/NAME.")
+@click.option("--name", help="Bundle name (default: the --out folder's name).")
+@click.option("--chat-template", type=click.Choice(["chatml", "llama2"]), help="Default: from the tokenizer.")
+@click.option("--opset", type=int, help="ONNX opset (default 18; 21 for TensorRT int4).")
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Start from a recipe; the flags given override it.",
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.pass_context
+def llm(
+    ctx: click.Context,
+    recipe_path: Path | None,
+    force: bool,
+    chat_template: str | None,
+    **flags: Any,
+) -> None:
+    """Export a causal LM (HF folder or GGUF, optional LoRA) into an ONNX Runtime bundle."""
+    obj = ctx.obj or {}
+    _run(
+        recipe_path or obj.get("recipe"),
+        force or obj.get("force", False),
+        chat_template=chat_template,
+        **flags,
+    )

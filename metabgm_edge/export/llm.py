@@ -1,0 +1,368 @@
+"""``metabgm-edge export llm``: a transformers model (HF folder or GGUF) -> a runtime bundle.
+
+Steps, each reported through ``progress``:
+
+1. check the target (TensorRT fails here at once when the machine lacks it);
+2. load the model and tokenizer (``gguf_file=`` for GGUF, dequantized to fp32);
+3. merge the LoRA adapter (peft ``merge_and_unload``);
+4. export ONNX with a KV cache (optimum, ``text-generation-with-past``);
+5. rewrite the graph (last-token logits, LM head untied for quantization);
+6. quantize weight-only for the target;
+7. for ``tensorrt``, compile the EPContext engine;
+8. write tokenizer, chat template, manifest; load the bundle with the runtime and generate a few
+   tokens as a check.
+
+The bundle is written into a temporary folder beside ``out`` and renamed at the end, so an
+interrupted export never leaves a half bundle that ``play`` could pick.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from metabgm_edge import bundle
+from metabgm_edge.export.recipe import Recipe, RecipeError, check, resolve_model
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+DATA_FILE = "model.onnx.data"
+EXPORT_EXTRA = "pip install 'metabgm-edge[export]'"
+
+
+def _import_heavy() -> Any:
+    try:
+        import torch
+        import transformers
+        from optimum.exporters.onnx import onnx_export_from_model
+    except ImportError as exc:
+        raise RecipeError(f"export needs the export extra ({exc.name} is missing): {EXPORT_EXTRA}") from None
+    return torch, transformers, onnx_export_from_model
+
+
+class _Steps:
+    def __init__(self, total: int, progress: Progress) -> None:
+        self.total = total
+        self.n = 0
+        self.progress = progress
+
+    @contextmanager
+    def step(self, what: str):  # type: ignore[no-untyped-def]
+        self.n += 1
+        self.progress(f"[{self.n}/{self.total}] {what} ...")
+        t0 = time.perf_counter()
+        yield
+        self.progress(f"      done in {time.perf_counter() - t0:.1f} s")
+
+
+def export_llm(recipe: Recipe, *, force: bool = False, progress: Progress = print) -> Path:
+    """Export per ``recipe`` and return the bundle folder."""
+    recipe = check(recipe)
+    assert recipe.model and recipe.out  # checked above
+    out = Path(recipe.out).expanduser()
+    if out.exists() and not force:
+        raise RecipeError(f"{out} already exists: pass --force to replace it, or choose another --out")
+    steps = _Steps(8 if recipe.target == "tensorrt" else 7, progress)
+
+    with steps.step(f"checking target {recipe.target} ({recipe.quant})"):
+        source_path = resolve_model(recipe.model)
+        if recipe.lora and not (Path(recipe.lora).expanduser() / "adapter_config.json").is_file():
+            raise RecipeError(
+                f"--lora {recipe.lora}: no adapter_config.json there (not a peft adapter folder)"
+            )
+        if recipe.target == "tensorrt":
+            from metabgm_edge.export.tensorrt import require_tensorrt
+
+            require_tensorrt()
+        _import_heavy()
+
+    with steps.step(f"loading {source_path.name}"):
+        model, tokenizer = load_model(source_path)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        progress(f"      {type(model).__name__}, {params:.1f} M parameters")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        if recipe.lora:
+            with steps.step(f"merging LoRA adapter {recipe.lora}"):
+                model = merge_lora(model, Path(recipe.lora).expanduser())
+        else:
+            steps.n += 1
+            progress(f"[{steps.n}/{steps.total}] no LoRA adapter")
+        opset = opset_for(recipe)
+        with steps.step(f"exporting ONNX with KV cache (optimum, opset {opset})"):
+            exported = export_onnx(model, Path(tmp) / "onnx", opset)
+        return build_bundle(exported, model, tokenizer, recipe, source_path, force=force, steps=steps)
+
+
+def opset_for(recipe: Recipe) -> int:
+    """18, or 21 for TensorRT int4: blocked int4 DequantizeLinear needs opset 21."""
+    return recipe.opset or (21 if recipe.target == "tensorrt" and recipe.quant == "int4" else 18)
+
+
+def export_onnx(model: Any, folder: Path, opset: int) -> Path:
+    """The decoder with KV cache inputs and outputs, as optimum exports it; returns model.onnx's path."""
+    _, _, onnx_export_from_model = _import_heavy()
+    onnx_export_from_model(model, folder, opset=opset, task="text-generation-with-past", do_validation=False)
+    return folder / "model.onnx"
+
+
+def build_bundle(
+    exported: Path,
+    model: Any,
+    tokenizer: Any,
+    recipe: Recipe,
+    source_path: Path,
+    *,
+    force: bool = False,
+    progress: Progress = print,
+    steps: _Steps | None = None,
+) -> Path:
+    """Steps 5-8: from an exported ONNX decoder to a verified bundle at ``recipe.out``.
+
+    Separate from :func:`export_llm` so one export can be quantized several ways.
+    """
+    recipe = check(recipe)
+    assert recipe.out  # checked above
+    out = Path(recipe.out).expanduser()
+    if out.exists() and not force:
+        raise RecipeError(f"{out} already exists: pass --force to replace it, or choose another --out")
+    steps = steps or _Steps(4 if recipe.target != "tensorrt" else 5, progress)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        stage = Path(tmp) / out.name
+        stage.mkdir()
+        with steps.step("preparing the graph and quantizing " + recipe.quant):
+            io, opset = _prepare(exported, stage, model.config, recipe)
+
+        engine = None
+        if recipe.target == "tensorrt":
+            with steps.step("building the TensorRT engine (minutes)"):
+                from metabgm_edge.export.tensorrt import compile_engine
+
+                engine = compile_engine(stage, "model.onnx", io, recipe.tensorrt, f"fp16+{recipe.quant}")
+
+        with steps.step("writing tokenizer, chat template and manifest"):
+            manifest = _write_rest(stage, out, recipe, source_path, model, tokenizer, io, engine, opset)
+            steps.progress(f"      {len(manifest.files)} files, {_size(manifest) / 1e6:.1f} MB")
+
+        with steps.step("checking the bundle with the runtime"):
+            _smoke_test(stage, recipe.target, steps.progress)
+            _make_readable(stage)
+            if out.exists():
+                shutil.rmtree(out)
+            stage.rename(out)
+    steps.progress(f"bundle written to {out}")
+    return out
+
+
+def _make_readable(folder: Path) -> None:
+    """Temporary folders are private (0700); a bundle is shared like any installed file."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def _size(manifest: bundle.Manifest) -> int:
+    return sum(f.size for f in manifest.files)
+
+
+def load_model(path: Path) -> tuple[Any, Any]:
+    """(model in fp32, fast tokenizer) from an HF folder or a GGUF file."""
+    torch, transformers, _ = _import_heavy()
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if path.is_file():  # GGUF: dequantized to fp32 by transformers
+        folder, kwargs["gguf_file"] = str(path.parent), path.name
+    else:
+        folder = str(path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        folder, **{k: v for k, v in kwargs.items() if k != "dtype"}
+    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    model.eval()
+    if not getattr(tokenizer, "is_fast", False):
+        raise RecipeError(f"{path}: no fast tokenizer (tokenizer.json) could be made; the runtime needs one")
+    return model, tokenizer
+
+
+def merge_lora(model: Any, adapter: Path) -> Any:
+    """The base model with the LoRA adapter's weights added in (peft ``merge_and_unload``)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise RecipeError(f"merging a LoRA adapter needs peft: {EXPORT_EXTRA}") from None
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged.eval()
+    return merged
+
+
+def _prepare(exported: Path, stage: Path, config: Any, recipe: Recipe) -> tuple[bundle.ModelIO, int]:
+    import onnx
+
+    from metabgm_edge.export import graph
+    from metabgm_edge.export.quantize import quantize
+
+    model = onnx.load(str(exported))
+    last_only = graph.last_token_logits(model)
+    if recipe.quant in ("int4", "int8"):
+        graph.untie_lm_head(model)
+    model = quantize(model, recipe.quant, recipe.target, recipe.block_size)
+    graph.save(model, str(stage / "model.onnx"), DATA_FILE)
+    inputs, outputs = graph.io_names(model)
+    kv_type = next(i for i in model.graph.input if i.name.startswith("past_key_values")).type
+    kv_dtype = "float16" if kv_type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "float32"
+    context = int(getattr(config, "max_position_embeddings", 2048))
+    if recipe.context_length:
+        context = min(context, recipe.context_length)
+    if recipe.target == "tensorrt":
+        context = min(context, recipe.tensorrt.max_total_tokens)
+    heads = config.num_attention_heads
+    io = bundle.ModelIO(
+        inputs=inputs,
+        outputs=outputs,
+        num_layers=config.num_hidden_layers,
+        num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+        head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+        kv_dtype=kv_dtype,
+        logits_last_only=last_only,
+        vocab_size=config.vocab_size,
+        context_length=context,
+    )
+    return io, graph.opset(model)
+
+
+def detect_chat(tokenizer: Any, recipe: Recipe) -> bundle.Chat:
+    """The chat template family and default system message, from the tokenizer unless the recipe says."""
+    jinja = tokenizer.chat_template if isinstance(getattr(tokenizer, "chat_template", None), str) else ""
+    template = recipe.chat_template
+    if template is None:
+        if "<|im_start|>" in jinja:
+            template = "chatml"
+        elif "[INST]" in jinja:
+            template = "llama2"
+        else:
+            raise RecipeError(
+                "cannot tell the model's chat template from its tokenizer: pass --chat-template chatml "
+                "or --chat-template llama2 (or set chat_template in the recipe)"
+            )
+    system = recipe.system_prompt
+    if system is None and template == "chatml":
+        found = re.search(r"<\|im_start\|>system\s*\n(.+?)<\|im_end\|>", jinja, re.DOTALL)
+        if found and "{" not in found.group(1):
+            system = found.group(1).strip()
+    return bundle.Chat(
+        template=template,
+        bos_token=tokenizer.bos_token if template == "llama2" else None,
+        eos_token=tokenizer.eos_token if template == "llama2" else None,
+        default_system=system or None,
+        template_file="chat_template.jinja" if jinja else None,
+    )
+
+
+def _ids(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, list | tuple) else [int(value)]
+
+
+def _generation(recipe: Recipe, model: Any, tokenizer: Any, chat: bundle.Chat) -> bundle.Generation:
+    from metabgm_edge.llm.chat import end_marker
+
+    stops = set(_ids(model.config.eos_token_id))
+    stops.update(_ids(getattr(model.generation_config, "eos_token_id", None)))
+    end = tokenizer.convert_tokens_to_ids(end_marker(chat.template, chat.eos_token))
+    if isinstance(end, int) and end != tokenizer.unk_token_id:
+        stops.add(end)
+    overrides = {k: v for k, v in _builtins(recipe.generation).items() if v is not None}
+    return bundle.Generation(stop_token_ids=sorted(stops), **overrides)
+
+
+def _builtins(obj: Any) -> dict[str, Any]:
+    import msgspec
+
+    return msgspec.to_builtins(obj)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for dist in ("torch", "transformers", "optimum-onnx", "optimum", "peft", "onnx", "gguf"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _write_rest(
+    stage: Path,
+    out: Path,
+    recipe: Recipe,
+    source_path: Path,
+    model: Any,
+    tokenizer: Any,
+    io: bundle.ModelIO,
+    engine: bundle.Engine | None,
+    opset: int,
+) -> bundle.Manifest:
+    import onnxruntime
+
+    tokenizer.backend_tokenizer.save(str(stage / "tokenizer.json"))
+    chat = detect_chat(tokenizer, recipe)
+    if chat.template_file:
+        (stage / chat.template_file).write_text(tokenizer.chat_template, encoding="utf-8")
+    manifest = bundle.Manifest(
+        kind="llm",
+        name=recipe.name or out.name,
+        created=bundle.utc_now(),
+        source=bundle.Source(
+            model=recipe.model or str(source_path),
+            model_sha256=bundle.sha256_of(source_path) if source_path.is_file() else None,
+            adapter=recipe.lora,
+            architecture=type(model).__name__,
+        ),
+        quantization=recipe.quant,
+        target=recipe.target,
+        opset=opset,
+        onnxruntime_version=onnxruntime.__version__,
+        exporter=_versions(),
+        io=io,
+        generation=_generation(recipe, model, tokenizer, chat),
+        chat=chat,
+        engine=engine,
+    )
+    return bundle.write_manifest(stage, manifest)
+
+
+def _smoke_test(stage: Path, target: str, progress: Progress) -> None:
+    """Open the bundle as ``play`` would and generate a few tokens. A GPU bundle on a machine without
+    that GPU is checked on the fallback provider; if that cannot run it, this is reported, not fatal."""
+    from metabgm_edge.llm import LLM, GenerationConfig
+    from metabgm_edge.text import ChatMessage
+
+    try:
+        llm = LLM.load(stage)
+        result = llm.chat(
+            [ChatMessage("user", "Describe a quiet forest at dawn in one sentence.")],
+            GenerationConfig(max_new_tokens=12, do_sample=False),
+        )
+    except Exception as exc:  # onnxruntime's errors share no base class
+        if target == "cpu":
+            raise
+        progress(f"      not checked: no provider on this machine runs this {target} bundle ({exc})")
+        return
+    for line in llm.skipped_providers:
+        progress(f"      {line}")
+    progress(
+        f"      on {llm.provider}: {result.text.strip()!r} ({result.decode_tokens_per_s:.0f} tok/s, "
+        f"first token {result.first_token_s:.2f} s)"
+    )
