@@ -9,21 +9,25 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PLAY_ARGS ?=
 
-.PHONY: play test lint bench setup-runtime setup-test clean
+.PHONY: play test lint bench bench-llm clean
 
 play: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge play $(PLAY_ARGS)
 
 test: $(VENV)/.stamp-test connectors/minecraft/node_modules/.stamp scripts/setup-audio.sh
 	sh scripts/setup-audio.sh
-	$(BIN)/ruff check metabgm_edge tests export
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.stamp-test
-	$(BIN)/ruff check metabgm_edge tests export
+	$(BIN)/ruff check .
 
 bench: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge bench
+
+# transformers eager vs this runtime (fp32/int8/int4) on SmolLM2; exports missing bundles first.
+bench-llm: $(VENV)/.stamp-test
+	$(BIN)/python benchmarks/llm_bench.py --rounds 3
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

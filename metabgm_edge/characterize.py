@@ -87,6 +87,8 @@ def _text(value: Any) -> str:
         return "yes"
     if isinstance(value, list):
         return ", ".join(_text(v) for v in value)
+    if isinstance(value, str):
+        return value.replace("_", " ")  # game ids read as words: dark_forest -> dark forest
     return str(value)
 
 

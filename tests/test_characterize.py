@@ -94,7 +94,7 @@ def test_protocol_message_to_info_str() -> None:
     )
     out = characterize(scene_data(state), in_combat(state))
     text = info_str(out)
-    assert "Biome: dark_forest" in text
+    assert "Biome: dark forest" in text  # ids read as words in the prompt
     assert "Phase: night" in text
     assert "Sprinting: yes" in text
     assert "Not On Fire" not in text
