@@ -228,7 +228,7 @@ def play(
     """Play a live soundtrack for SOURCE (Ctrl-C stops; the WAV and log stay valid).
 
     With nothing configured: the simulated tour, the composer rules and the embedded synthesizer,
-    on the default output device (or, on a machine without one, into --out only).
+    on the default output device; on a machine without one, into --out or metabgm-edge-TIME.wav.
     """
     from metabgm_edge.audio import open_audio_backend
     from metabgm_edge.profile import load_profile

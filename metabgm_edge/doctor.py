@@ -50,7 +50,7 @@ OPTIONAL: Final = {
     "matplotlib": "only for `report`: pip install 'metabgm-edge[report]'",
 }
 NO_DEVICE_MEANS: Final = (
-    "`play` then writes the music to --out only and plays nothing (it says so once); "
+    "`play` then writes the music to a file only (--out, or metabgm-edge-TIME.wav; it says so once); "
     "on a headless machine a PulseAudio null sink gives a real device: scripts/setup-audio.sh"
 )
 

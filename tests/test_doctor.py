@@ -65,7 +65,7 @@ def test_without_an_output_device_doctor_says_play_writes_the_file(monkeypatch: 
     audio = checks["audio output"]
     assert audio["status"] == "missing"
     assert "no output device" in audio["detail"]
-    assert "writes the music to --out only" in audio["detail"]
+    assert "writes the music to a file only" in audio["detail"]
 
 
 def test_without_sounddevice_doctor_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
