@@ -90,6 +90,8 @@ def open_text(spec: str) -> Any:
     return open_text_backend(spec)
 
 
+INTERVAL = click.FloatRange(2.0, 60.0)
+POSITIVE = click.FloatRange(min=0.0, min_open=True)
 PROFILE_HELP = "Listener profile (TOML or JSON): preferred/avoided genres and instruments, intensity."
 TEXT_HELP = "Text backend: auto (an LLM bundle in engines/, else composer), composer, or a bundle folder."
 
@@ -97,8 +99,10 @@ TEXT_HELP = "Text backend: auto (an LLM bundle in engines/, else composer), comp
 @main.command()
 @click.argument("scene", required=False, type=click.File("rb"))
 @click.option("--source", help="Run the acquisition path on a source instead (sim:tour, replay:F, udp://...).")
-@click.option("--segments", default=6, show_default=True, help="With --source: how many segments.")
-@click.option("--interval", default=10.0, show_default=True, help="With --source: segment length (2-60 s).")
+@click.option("--segments", default=6, show_default=True, type=click.IntRange(min=1),
+              help="With --source: how many segments.")
+@click.option("--interval", default=10.0, show_default=True, type=INTERVAL,
+              help="With --source: segment length (s).")
 @click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
@@ -191,8 +195,8 @@ def _print_segment(rec: Any) -> None:
 @main.command()
 @click.option("--source", default="sim:tour", show_default=True,
               help="sim:NAME, replay:F.jsonl, udp://HOST:PORT, ws://HOST:PORT or minecraft://HOST:PORT.")
-@click.option("--interval", default=10.0, show_default=True, help="Segment length in seconds (2-60).")
-@click.option("--duration", type=float, help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("--interval", default=10.0, show_default=True, type=INTERVAL, help="Segment length in seconds.")
+@click.option("--duration", type=POSITIVE, help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write exactly what plays to this WAV.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Session log (JSONL).")
 @click.option("--seed", default=0, show_default=True)
@@ -201,9 +205,12 @@ def _print_segment(rec: Any) -> None:
 @click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
 @click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
-@click.option("--deadline", type=float, help="Seconds from state to queued audio per segment [interval].")
-@click.option("--crossfade", default=0.5, show_default=True, help="Crossfade at joins and transitions (s).")
-@click.option("--sample-period", default=1.0, show_default=True, help="How often the state is sampled (s).")
+@click.option("--deadline", type=click.FloatRange(0.5, 120.0),
+              help="Seconds from state to queued audio per segment [interval].")
+@click.option("--crossfade", default=0.5, show_default=True, type=click.FloatRange(0.05, 2.0),
+              help="Crossfade at joins and transitions (s).")
+@click.option("--sample-period", default=1.0, show_default=True, type=click.FloatRange(0.05, 60.0),
+              help="How often the state is sampled (s); at most the interval.")
 @click.option("--transitions/--no-transitions", default=True, show_default=True,
               help="Start a new segment at once on a sharp scene change (combat, dimension, low health).")
 @click.option("--device", help="Output device (name or index; see `metabgm-edge doctor`).")
@@ -324,8 +331,8 @@ def render(
 @main.command()
 @click.argument("source")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write.")
-@click.option("--duration", type=float, help="Stop after this many seconds (default: Ctrl-C).")
-@click.option("--sample-period", default=1.0, show_default=True)
+@click.option("--duration", type=POSITIVE, help="Stop after this many seconds (default: Ctrl-C).")
+@click.option("--sample-period", default=1.0, show_default=True, type=click.FloatRange(0.05, 60.0))
 @click.option("--seed", default=0, show_default=True)
 def record(source: str, out: str, duration: float | None, sample_period: float, seed: int) -> None:
     """Record SOURCE into a file that `--source replay:FILE` plays back."""
@@ -387,7 +394,7 @@ def report(log_file: str, audio_path: str | None, out: str | None, session: int 
 
 @main.command()
 @click.option("--segments", default=12, show_default=True, help="Segments in the fast (throughput) run.")
-@click.option("--interval", default=10.0, show_default=True, help="Segment length in seconds (2-60).")
+@click.option("--interval", default=10.0, show_default=True, type=INTERVAL, help="Segment length in seconds.")
 @click.option("--source", default="sim:tour", show_default=True, help="sim:NAME or replay:F.jsonl.")
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
 @click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")

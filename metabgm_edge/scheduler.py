@@ -411,6 +411,7 @@ class Session:
     def _run_fast(self) -> None:
         """Virtual time: audio is written exactly up to each segment's end before it joins."""
         sr = self.audio.sample_rate
+        self.acquisition.start()  # first: a source that cannot start leaves no half-made file
         writer = WavWriter(self.out, sr, self.audio.channels) if self.out is not None else None
         written = 0
         self.stats.sink = "file" if writer else "null"
@@ -426,7 +427,6 @@ class Session:
                 frames -= block.shape[0]
 
         duration = self.options.duration
-        self.acquisition.start()
         try:
             while not self._stop.is_set():
                 seg = self.acquisition.next_segment()
@@ -453,6 +453,7 @@ class Session:
 
         opts = self.options
         sr = self.audio.sample_rate
+        self.acquisition.start()  # first: a source that cannot start opens no device or file
         ring = RingBuffer(max(4 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
         sink = open_sink(ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device,
                          device=self.device, paced=True)  # fmt: skip
@@ -460,7 +461,6 @@ class Session:
         self.stats.sink = getattr(sink, "kind", type(sink).__name__)
         pipeline = threading.Thread(target=self._pipeline, name="metabgm-pipeline", daemon=True)
         low_water = opts.crossfade + opts.buffer_seconds + 0.25
-        self.acquisition.start()
         pipeline.start()
         try:
             # The ring starts empty: wait for the first (start) segment before the device runs.
