@@ -270,16 +270,16 @@ def test_udp_counts_datagrams_the_kernel_dropped(sender: socket.socket) -> None:
 def test_udp_validator_crash_is_counted_and_does_not_stop_the_listener(
     udp: UdpSource, sender: socket.socket, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import metabgm_edge.sources.net as net
+    import metabgm_edge.state as state  # every live source validates through it
 
-    real = net.parse_message
+    real = state.parse_message
 
     def buggy(data: bytes | str, *, token: str | None = None) -> object:
         if b"boom" in (data if isinstance(data, bytes) else data.encode()):
             raise KeyError("a bug in the validator")
         return real(data, token=token)
 
-    monkeypatch.setattr(net, "parse_message", buggy)
+    monkeypatch.setattr(state, "parse_message", buggy)
     address = ("127.0.0.1", udp.port)
     expect_outcome(udp, lambda: sender.sendto(valid(1, note="boom"), address), {"internal_error"})
     expect_outcome(udp, lambda: sender.sendto(valid(2), address), None)

@@ -18,6 +18,7 @@ Listeners bind to loopback unless another address is named, and accept ``?token=
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -142,7 +143,8 @@ class LiveSource(Source):
 
     A receiving thread calls :meth:`_offer` with each raw message; valid ones become the latest
     state and are also kept (at most ``history`` of them) for :meth:`drain`. Invalid ones are
-    counted by reason and logged; they never replace the latest state.
+    counted by reason and logged, rate-limited so a flood cannot fill the disk; they never replace
+    the latest state. ``max_bytes`` bounds a message (subclasses may lower it).
     """
 
     live = True
@@ -151,7 +153,12 @@ class LiveSource(Source):
         super().__init__()
         import collections
 
+        from metabgm_edge.sources.rejects import RejectLog
+        from metabgm_edge.state import MAX_MESSAGE_BYTES
+
         self.token = token
+        self.max_bytes = MAX_MESSAGE_BYTES
+        self._reject_log = RejectLog(logging.getLogger(type(self).__module__), lambda: self.uri)
         self._latest: SceneState | None = None
         self._latest_at: float | None = None
         self._history: collections.deque[tuple[float, SceneState]] = collections.deque(maxlen=history)
@@ -167,6 +174,10 @@ class LiveSource(Source):
             self._history.clear()
         return items
 
+    def close(self) -> None:
+        """Log the summary of rejections not yet reported. Subclasses call this from their close."""
+        self._reject_log.flush()
+
     @property
     def last_message_at(self) -> float | None:
         """time.monotonic() of the latest valid message, or None."""
@@ -174,22 +185,36 @@ class LiveSource(Source):
             return self._latest_at
 
     def _offer(self, data: bytes | str, peer: str = "") -> SceneState | None:
-        """Validate one message; returns the state, or None when rejected (counted and logged)."""
-        import logging
-
+        """Validate one message; returns the state, or None when rejected (counted, logged)."""
         from metabgm_edge.errors import MessageError
         from metabgm_edge.state import parse_message
 
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        if len(raw) > self.max_bytes:
+            return self._reject("oversized", f"{len(raw)} bytes > max_bytes={self.max_bytes}", peer)
+        if not isinstance(data, str):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return self._reject("invalid_utf8", f"not UTF-8 text: {exc.reason} at byte {exc.start}", peer)
         try:
-            state, _ = parse_message(data, token=self.token)
+            state, _ = parse_message(raw, token=self.token)
         except MessageError as exc:
-            self._count(exc.reason)
-            logging.getLogger(__name__).warning(
-                "%s: rejected message from %s: %s", self.uri, peer or "?", exc.detail[:200]
+            return self._reject(exc.reason, exc.detail, peer)
+        except Exception as exc:  # a validator bug must not stop the source; the reason says so
+            return self._reject(
+                "internal_error", f"validator failed: {type(exc).__name__}: {exc}", peer, True
             )
-            return None
         self._accept(state)
         return state
+
+    def _reject(self, reason: str, detail: str, peer: str = "", exc_info: bool = False) -> None:
+        from metabgm_edge.sources.rejects import DETAIL_CHARS
+
+        self._count(reason)
+        message = f"rejected {reason} from {peer or '?'}: {detail[:DETAIL_CHARS]}"
+        self._reject_log(reason, message, exc_info=exc_info)
+        return None
 
     def _accept(self, state: SceneState) -> None:
         import time

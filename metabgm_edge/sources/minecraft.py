@@ -215,6 +215,7 @@ class MinecraftSource(LiveSource):
             self._thread.join(timeout=10)
             self._thread = None
         self.listening.clear()
+        super().close()
 
     # ---- status ----
     @property

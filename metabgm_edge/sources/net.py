@@ -38,88 +38,20 @@ import sys
 import threading
 import time
 import weakref
-from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from metabgm_edge.errors import MessageError, SourceError
+from metabgm_edge.errors import SourceError
 from metabgm_edge.sources import LiveSource
-from metabgm_edge.state import MAX_MESSAGE_BYTES, SceneState, parse_message
+from metabgm_edge.sources.rejects import LOG_FIRST, RejectLog  # noqa: F401 (re-exported)
+from metabgm_edge.state import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
 MIN_MESSAGE_BYTES = 64
-LOG_FIRST = 5
-"""Rejections logged in full per reason and window; the rest go into the window's summary."""
-LOG_WINDOW = 60.0
-DETAIL_CHARS = 200
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
-
-
-class RejectLog:
-    """Rate-limited logging of rejections, so a flood of bad messages cannot fill the disk.
-
-    Per window of ``window`` seconds the first ``first`` events of each reason are logged in full;
-    later ones are only counted and reported in one summary line when the window has passed (at
-    the next event) or at :meth:`flush` (called by ``close()``).
-    """
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        label: Callable[[], str],
-        *,
-        first: int = LOG_FIRST,
-        window: float = LOG_WINDOW,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._logger = logger
-        self._label = label
-        self._first = first
-        self._window = window
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._start = clock()
-        self._logged: Counter[str] = Counter()
-        self._suppressed: Counter[str] = Counter()
-
-    def __call__(
-        self, reason: str, message: str, *, level: int = logging.WARNING, exc_info: bool = False
-    ) -> None:
-        with self._lock:
-            summary = self._roll() if self._clock() - self._start >= self._window else None
-            shown = self._logged[reason] < self._first
-            if shown:
-                self._logged[reason] += 1
-                last = self._logged[reason] == self._first
-            else:
-                self._suppressed[reason] += 1
-        if summary:
-            self._logger.warning("%s", summary)
-        if shown:
-            tail = f" (further {reason!r} events are summarised every {self._window:g} s)" if last else ""
-            self._logger.log(level, "%s: %s%s", self._label(), _printable(message), tail, exc_info=exc_info)
-
-    def flush(self) -> None:
-        """Log the summary of suppressed events now, if there are any."""
-        with self._lock:
-            summary = self._roll()
-        if summary:
-            self._logger.warning("%s", summary)
-
-    def _roll(self) -> str | None:
-        now = self._clock()
-        elapsed = now - self._start
-        suppressed, self._suppressed = self._suppressed, Counter()
-        self._logged.clear()
-        self._start = now
-        if not suppressed:
-            return None
-        counts = ", ".join(f"{reason} x{n}" for reason, n in suppressed.most_common())
-        total = sum(suppressed.values())
-        return f"{self._label()}: {total} more rejections in the last {elapsed:.0f} s: {counts}"
 
 
 class NetSource(LiveSource):
@@ -165,41 +97,11 @@ class NetSource(LiveSource):
                 "(and set ?token=SECRET)"
             )
         self.uri = f"{self.scheme}://{_hostport(self.host, self.port)}"
-        self._reject_log = RejectLog(log, lambda: self.uri)
         self.bound = ""
         """The address actually bound, e.g. "127.0.0.1:7717" for localhost:7717 (after start)."""
         self._state_lock = threading.Lock()
         self._started = False
         self._closed = False
-
-    # -- validation -------------------------------------------------------------------------
-
-    def _offer(self, data: bytes | str, peer: str = "") -> SceneState | None:
-        """Validate one message; returns the state, or None when rejected (counted, logged)."""
-        raw = data.encode() if isinstance(data, str) else bytes(data)
-        if len(raw) > self.max_bytes:
-            return self._reject("oversized", f"{len(raw)} bytes > max_bytes={self.max_bytes}", peer)
-        if not isinstance(data, str):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                return self._reject("invalid_utf8", f"not UTF-8 text: {exc.reason} at byte {exc.start}", peer)
-        try:
-            state, _ = parse_message(raw, token=self.token)
-        except MessageError as exc:
-            return self._reject(exc.reason, exc.detail, peer)
-        except Exception as exc:  # a validator bug must not stop the listener; the reason says so
-            return self._reject(
-                "internal_error", f"validator failed: {type(exc).__name__}: {exc}", peer, True
-            )
-        self._accept(state)
-        return state
-
-    def _reject(self, reason: str, detail: str, peer: str = "", exc_info: bool = False) -> None:
-        self._count(reason)
-        message = f"rejected {reason} from {peer or '?'}: {detail[:DETAIL_CHARS]}"
-        self._reject_log(reason, message, exc_info=exc_info)
-        return None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -239,7 +141,7 @@ class NetSource(LiveSource):
             started = self._started
         if started:
             self._stop()
-            self._reject_log.flush()
+            super().close()
             log.info("closed %s: %s", self.uri, self.stats())
 
     def _start(self) -> None:
@@ -668,10 +570,6 @@ def _peer(addr: Any) -> str:
         return _hostport(str(addr[0]), addr[1])
     return str(addr) if addr else "?"
 
-
-def _printable(text: str) -> str:
-    """One log line: control characters from the sender escaped."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 def _rxq_ovfl_option() -> int | None:
