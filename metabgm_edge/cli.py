@@ -164,10 +164,7 @@ def describe(
                 line = {"segment": seg.index, "start": seg.start, "end": seg.end, "trigger": seg.trigger}
                 click.echo(json.dumps({**line, **msgspec.to_builtins(result)}))
                 continue
-            st = seg.latest
-            where = f"{st.scene.biome}, {st.time.resolved_phase()}, {st.weather.state}"
-            if seg.combat:
-                where += ", combat"
+            where = _scene_words(seg.latest, seg.combat)
             times = ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items() if k != "characterize")
             click.echo(
                 f"[{seg.index:3d}] {seg.start:6.1f}-{seg.end:6.1f} s {seg.trigger:<12} {where:<36} "
@@ -180,10 +177,14 @@ def describe(
 # -- play -----------------------------------------------------------------------------------------
 
 
+def _scene_words(state: Any, combat: bool) -> str:
+    """"forest, night, rain, combat": one segment's scene in a line of output."""
+    words = f"{state.scene.biome}, {state.time.resolved_phase()}, {state.weather.state}"
+    return words + (", combat" if combat else "")
+
+
 def _print_segment(rec: Any) -> None:
-    st = rec.state
-    where = f"{st.scene.biome}, {st.time.resolved_phase()}, {st.weather.state}"
-    where += ", combat" if rec.combat else ""
+    where = _scene_words(rec.state, rec.combat)
     flags = f" [{', '.join(rec.fallbacks)}]" if rec.fallbacks else ""
     late = " LATE" if rec.missed_deadline else ""
     click.echo(

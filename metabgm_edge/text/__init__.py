@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import msgspec
 from msgspec import Struct
 
 from metabgm_edge.errors import BackendError
@@ -62,7 +61,3 @@ def open_text_backend(spec: str | None = None) -> TextBackend:
         f"unknown text backend {spec!r}: use 'composer' or the folder of a bundle made by "
         "'metabgm-edge export llm' (for example engines/smollm2-135m-int8)"
     )
-
-
-def to_builtins(obj: Any) -> Any:
-    return msgspec.to_builtins(obj)
