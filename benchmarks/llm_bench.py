@@ -98,7 +98,7 @@ class HFText:
     def ids(self, messages: list[Any]) -> Any:
         from metabgm_edge.llm.chat import render
 
-        c = self.manifest.chat
+        c = self.manifest.llm.chat
         text = render(c.template, messages, default_system=c.default_system)
         return self.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
 
@@ -124,7 +124,7 @@ class HFText:
         return out[0, input_ids.shape[1] :], stamps
 
     def generate(self, request: StageRequest) -> str:
-        g = self.manifest.generation
+        g = self.manifest.llm.generation
         self.torch.manual_seed(request.seed)
         tokens, _ = self.run(
             self.ids(request.messages),
@@ -199,10 +199,11 @@ def worker(name: str, engines: Path, new_tokens: int, threads: int | None, seed:
     """One backend, one round, in its own process (no thread pool of another backend spins beside it)."""
     from metabgm_edge.bundle import read_manifest
     from metabgm_edge.characterize import characterize, in_combat, info_str, scene_data
-    from metabgm_edge.llm import LLM, LLMText
+    from metabgm_edge.llm import LLM
     from metabgm_edge.stages import render_prompt
     from metabgm_edge.state import state_from_dict
     from metabgm_edge.text import ChatMessage
+    from metabgm_edge.text.llm import LLMText
 
     first_state = state_from_dict(SCENES[0])
     info = info_str(characterize(scene_data(first_state), in_combat(first_state)))

@@ -3,7 +3,7 @@
 The sampler asks the source for the state once per ``sample_period`` and folds each sample into
 an :class:`Aggregator`. Every ``interval`` seconds, or at once on a sharp scene change (combat
 starts or ends, the dimension changes, health falls past a threshold), the aggregate becomes a
-:class:`SegmentState` and is handed to the consumer through a bounded queue.
+:class:`~metabgm_edge.state.Window` and is handed to the consumer through a bounded queue.
 
 Time comes from a :class:`Clock`: :class:`RealClock` for play, :class:`FastClock` (virtual time,
 sleeps return at once) for simulated or replayed sessions run faster than real time.
@@ -18,11 +18,9 @@ import threading
 import time
 from typing import Final, Protocol
 
-import msgspec
-
 from metabgm_edge.characterize import COMBAT_HOLD_S, in_combat
 from metabgm_edge.sources import LiveSource, Source
-from metabgm_edge.state import SceneState
+from metabgm_edge.state import SceneState, Window
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +67,6 @@ class FastClock:
     def sleep_until(self, t: float, stop: threading.Event) -> None:
         with self._lock:
             self._t = max(self._t, t)
-
-
-class SegmentState(msgspec.Struct, kw_only=True):
-    """What happened in one segment: the latest values plus the window's events."""
-
-    index: int
-    start: float
-    end: float
-    samples: int
-    latest: SceneState
-    combat: bool
-    """Combat mode for characterization (see metabgm_edge.characterize)."""
-    combat_seen: bool
-    lowest_health: float
-    damage_taken: float
-    biomes: list[str]
-    attackers: list[str]
-    trigger: str
-    """Why the segment ended: interval, combat_start, combat_end, dimension, health_drop, end; or
-    start, the prelude handed off at the first sample so music can begin at once."""
 
 
 class Aggregator:
@@ -159,7 +137,7 @@ class Aggregator:
             return "health_drop"
         return None
 
-    def close(self, t: float, trigger: str) -> SegmentState | None:
+    def close(self, t: float, trigger: str) -> Window | None:
         """End the current segment; None if it holds no sample."""
         if self.latest is None:
             self._reset(t)
@@ -169,10 +147,10 @@ class Aggregator:
         self._reset(t)
         return seg
 
-    def peek(self, t: float, trigger: str) -> SegmentState:
+    def peek(self, t: float, trigger: str) -> Window:
         """The window so far as a segment, without ending it (the ``start`` prelude)."""
         assert self.latest is not None
-        seg = SegmentState(
+        seg = Window(
             index=self.index,
             start=self.start,
             end=t,
@@ -220,7 +198,7 @@ class Acquisition:
         self.prelude = prelude
         self.dropped_segments = 0
         self._fast = isinstance(self.clock, FastClock)
-        self._queue: queue.Queue[SegmentState | None] = queue.Queue(maxsize=max_queued)
+        self._queue: queue.Queue[Window | None] = queue.Queue(maxsize=max_queued)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._latest: SceneState | None = None
@@ -251,7 +229,7 @@ class Acquisition:
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(None)
 
-    def next_segment(self, timeout: float | None = None) -> SegmentState | None:
+    def next_segment(self, timeout: float | None = None) -> Window | None:
         """The next segment; None once the source is finished or acquisition stopped.
 
         Raises ``queue.Empty`` when ``timeout`` passes first.
@@ -263,7 +241,7 @@ class Acquisition:
             self._stop.set()
         return item
 
-    def _hand_off(self, seg: SegmentState | None) -> None:
+    def _hand_off(self, seg: Window | None) -> None:
         while not self._stop.is_set():
             try:
                 # Fast (virtual) time waits for the consumer; real time never waits.

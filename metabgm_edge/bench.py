@@ -43,7 +43,8 @@ import numpy as np
 
 from metabgm_edge.acquisition import MIN_TRANSITION_GAP
 from metabgm_edge.audio import AudioBackend
-from metabgm_edge.scheduler import PlayOptions, SegmentRecord, Session
+from metabgm_edge.scheduler import PlayOptions, Session
+from metabgm_edge.session_log import SegmentRecord
 from metabgm_edge.sources import Source
 from metabgm_edge.state import Attacked, Health, Hostile, Movement, Scene, SceneState, TimeOfDay, Weather
 from metabgm_edge.text import TextBackend

@@ -26,11 +26,14 @@ from metabgm_edge.errors import BundleError
 log = logging.getLogger(__name__)
 
 MANIFEST: Final = "manifest.json"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
 
+Kind = Literal["llm", "musicgen"]
+KINDS: Final = ("llm", "musicgen")
 Quantization = Literal["fp32", "fp16", "int8", "int4"]
 Target = Literal["cpu", "cuda", "tensorrt"]
 ChatTemplate = Literal["chatml", "llama2"]
+EngineProvider = Literal["tensorrt", "tensorrt_rtx"]
 
 
 class FileEntry(Struct, frozen=True, forbid_unknown_fields=True):
@@ -40,7 +43,9 @@ class FileEntry(Struct, frozen=True, forbid_unknown_fields=True):
     sha256: str
 
 
-class Source(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+class ModelSource(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """Where the exported weights came from."""
+
     model: str
     """What ``--model`` named: an HF folder, a GGUF file, or ``package:NAME/FILE``."""
     model_sha256: str | None = None
@@ -49,6 +54,15 @@ class Source(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The LoRA adapter folder merged into the weights, if any."""
     architecture: str = ""
     """The transformers class, for example ``LlamaForCausalLM``."""
+
+
+class Graph(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """One ONNX graph of the bundle and its interface, so the runtime never guesses names."""
+
+    file: str
+    inputs: list[str]
+    outputs: list[str]
+    opset: int
 
 
 class ShapeProfile(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
@@ -60,9 +74,12 @@ class ShapeProfile(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
 
 
 class Engine(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """A compiled TensorRT engine (EPContext model). Used only on an exact match of all three."""
+    """A compiled engine for one graph (an EPContext model). Used only on an exact match of the GPU
+    architecture, the TensorRT version and the onnxruntime version it was built with."""
 
-    provider: Literal["tensorrt"] = "tensorrt"
+    graph: str
+    """The name (a key of ``graphs``) of the graph it replaces."""
+    provider: EngineProvider = "tensorrt"
     model_file: str
     """The EPContext ONNX model that points at the serialized engine."""
     tensorrt_version: str
@@ -74,11 +91,12 @@ class Engine(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     shape_profiles: list[ShapeProfile] = msgspec.field(default_factory=list)
 
 
-class ModelIO(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The ONNX graph's interface, so the runtime never guesses names."""
+# -- kind sections --------------------------------------------------------------------------------
 
-    inputs: list[str]
-    outputs: list[str]
+
+class KVCache(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The LLM decoder's KV cache and vocabulary."""
+
     past_key: str = "past_key_values.{layer}.key"
     past_value: str = "past_key_values.{layer}.value"
     present_key: str = "present.{layer}.key"
@@ -95,7 +113,7 @@ class ModelIO(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 class Generation(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """Generation defaults of the bundle; a request may override max_new_tokens and seed."""
+    """Generation defaults of an LLM bundle; a request may override max_new_tokens and seed."""
 
     max_new_tokens: int = 96
     do_sample: bool = True
@@ -119,27 +137,94 @@ class Chat(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     """The model's own Jinja chat template, kept for reference; the runtime uses ``template``."""
 
 
+class LLMSection(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``kind = "llm"``: a causal language model for the two text stages (graph ``decoder``)."""
+
+    tokenizer_file: str = "tokenizer.json"
+    cache: KVCache
+    generation: Generation = msgspec.field(default_factory=Generation)
+    chat: Chat
+
+
+class MusicGenDefaults(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """MusicGen's own sampling defaults (its generation_config), and the continuation length."""
+
+    do_sample: bool = True
+    top_k: int = 250
+    top_p: float = 0.0
+    """0 turns top-p off (MusicGen samples with top-k alone)."""
+    temperature: float = 1.0
+    guidance_scale: float = 3.0
+    prompt_seconds: float = 2.0
+    """Seconds of the previous segment's codes that prompt the next one (the melodic anchor)."""
+
+
+class MusicGenSection(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """``kind = "musicgen"``: text encoder, decoder with KV cache, EnCodec decoder and encoder.
+
+    Graphs: ``text_encoder`` (input_ids, attention_mask -> last_hidden_state), ``cross_kv``
+    (encoder hidden states and mask -> every layer's cross-attention keys and values),
+    ``decoder`` (codes, self-attention cache of any length, cross keys/values -> logits, present),
+    optionally ``decoder_static`` (the same with a preallocated cache of ``static_cache_length``
+    positions written in place at ``position``, for CUDA graphs and TensorRT's fixed profiles),
+    ``codec_decode`` (codes -> waveform) and ``codec_encode`` (waveform -> codes).
+    """
+
+    tokenizer_file: str = "tokenizer.json"
+    sample_rate: int
+    audio_channels: int
+    """1 (mono) or 2 (stereo: the codebooks interleave left and right)."""
+    frame_rate: float
+    """Code frames per second of audio (50 for the 32 kHz EnCodec)."""
+    num_codebooks: int
+    """Codebooks the decoder predicts per frame (both channels together for stereo)."""
+    codebook_size: int
+    pad_token_id: int
+    decoder_start_token_id: int
+    num_layers: int
+    num_heads: int
+    head_dim: int
+    hidden_size: int
+    text_hidden_size: int
+    max_positions: int
+    """Most decoder steps (prompt + generated frames + codebook delay) the position table covers."""
+    kv_dtype: Literal["float32", "float16"] = "float32"
+    static_cache_length: int | None = None
+    codec_hop: int
+    """Waveform samples per code frame."""
+    defaults: MusicGenDefaults = msgspec.field(default_factory=MusicGenDefaults)
+
+
 class Manifest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    """The header every bundle has, then the section of its kind."""
+
     format_version: int = FORMAT_VERSION
-    kind: Literal["llm"]
+    kind: Kind
     name: str
     created: str
     """UTC, ISO 8601."""
-    source: Source
+    source: ModelSource
     quantization: Quantization
     target: Target
-    opset: int
-    onnxruntime_version: str
-    """The onnxruntime that wrote (and for engines, compiled) the bundle."""
-    exporter: dict[str, str] = msgspec.field(default_factory=dict)
-    """Versions of the export tools (torch, transformers, optimum-onnx, peft)."""
-    model_file: str = "model.onnx"
-    tokenizer_file: str = "tokenizer.json"
-    io: ModelIO
-    generation: Generation = msgspec.field(default_factory=Generation)
-    chat: Chat
-    engine: Engine | None = None
+    versions: dict[str, str] = msgspec.field(default_factory=dict)
+    """Versions of what wrote the bundle: onnxruntime (which wrote, and for engines compiled, it),
+    metabgm-edge, and the export tools (torch, transformers, onnx, ...)."""
+    graphs: dict[str, Graph]
+    engines: list[Engine] = msgspec.field(default_factory=list)
     files: list[FileEntry] = msgspec.field(default_factory=list)
+    llm: LLMSection | None = None
+    musicgen: MusicGenSection | None = None
+
+    def engine_for(self, graph: str) -> Engine | None:
+        return next((e for e in self.engines if e.graph == graph), None)
+
+    def needed_files(self) -> list[str]:
+        """Files the manifest names outside ``files``: each must be listed there too."""
+        names = [g.file for g in self.graphs.values()] + [e.model_file for e in self.engines]
+        section = self.llm or self.musicgen
+        if section is not None:
+            names.append(section.tokenizer_file)
+        return names
 
 
 # -- write ----------------------------------------------------------------------------------------
@@ -180,6 +265,12 @@ def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
 # -- read and verify ------------------------------------------------------------------------------
 
 
+class _Header(Struct):
+    """The one field read before the rest, so an older or newer format gets its own message."""
+
+    format_version: int = 0
+
+
 def read_manifest(folder: Path) -> Manifest:
     """Parse ``manifest.json``; no checksums (see :func:`verify_files`)."""
     folder = Path(folder)
@@ -190,22 +281,35 @@ def read_manifest(folder: Path) -> Manifest:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise BundleError(
-            f"{path} is missing: {folder} is not a bundle (make one with 'metabgm-edge export llm')"
+            f"{path} is missing: {folder} is not a bundle (make one with 'metabgm-edge export llm' "
+            "or 'export musicgen')"
         ) from None
     except OSError as exc:
         raise BundleError(f"cannot read {path}: {exc.strerror}") from None
     try:
+        header = msgspec.json.decode(raw, type=_Header)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise BundleError(f"{path} is not a valid bundle manifest: {exc}; re-export the bundle") from None
+    if header.format_version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path} has format_version {header.format_version}; this metabgm-edge reads "
+            f"{FORMAT_VERSION}: re-export the bundle with this version ('metabgm-edge export ...')"
+        )
+    try:
         manifest = msgspec.json.decode(raw, type=Manifest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise BundleError(f"{path} is not a valid bundle manifest: {exc}; re-export the bundle") from None
-    if manifest.format_version != FORMAT_VERSION:
+    section = {"llm": manifest.llm, "musicgen": manifest.musicgen}
+    if section[manifest.kind] is None or any(v is not None for k, v in section.items() if k != manifest.kind):
         raise BundleError(
-            f"{path} has format_version {manifest.format_version}; this metabgm-edge reads "
-            f"{FORMAT_VERSION}: re-export the bundle with this version"
+            f"{path} is a {manifest.kind!r} bundle but does not have exactly its {manifest.kind!r} section; "
+            "re-export the bundle"
         )
+    for name, engine in ((e.graph, e) for e in manifest.engines):
+        if name not in manifest.graphs:
+            raise BundleError(f"{path} has an engine for graph {engine.graph!r}, which it does not list")
     listed = {entry.path for entry in manifest.files}
-    engine_file = [manifest.engine.model_file] if manifest.engine else []
-    for needed in (manifest.model_file, manifest.tokenizer_file, *engine_file):
+    for needed in manifest.needed_files():
         if needed not in listed:
             raise BundleError(f"{path} does not list {needed!r} among its files; re-export the bundle")
     return manifest
@@ -281,25 +385,13 @@ _QUANT_RANK: Final = {"int8": 0, "int4": 1, "fp16": 2, "fp32": 3}
 _TARGET_RANK: Final = {"tensorrt": 0, "cuda": 1, "cpu": 2}
 
 
-def _gpu_providers() -> set[str]:
-    try:
-        import onnxruntime
-
-        return set(onnxruntime.get_available_providers()) & {
-            "CUDAExecutionProvider",
-            "TensorrtExecutionProvider",
-        }
-    except ImportError:  # pragma: no cover - onnxruntime is a runtime dependency
-        return set()
-
-
-def default_bundle(engines_dir: Path, kind: str) -> Path | None:
+def default_bundle(engines_dir: Path, kind: str, *, gpu: bool) -> Path | None:
     """The bundle ``play`` uses when none is named, or None.
 
-    GPU bundles qualify only when this onnxruntime has a GPU provider; among those that qualify,
-    the GPU target first, then the quantization order int8, int4, fp16, fp32, then the newest.
+    GPU bundles qualify only when ``gpu`` (this onnxruntime has a GPU provider: ask
+    :func:`metabgm_edge.ort.session.has_gpu_provider`); among those that qualify, the GPU target
+    first, then the quantization order int8, int4, fp16, fp32, then the newest.
     """
-    gpu = _gpu_providers()
     candidates: list[tuple[Manifest, Path]] = []
     for folder in find_bundles(engines_dir, kind):
         manifest = read_manifest(folder)

@@ -16,12 +16,9 @@ flip the music).
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-from metabgm_edge.state import SceneState
-
-if TYPE_CHECKING:
-    from metabgm_edge.acquisition import SegmentState
+from metabgm_edge.state import SceneState, Window
 
 COMBAT_KEYS: Final = (
     "Scene",
@@ -120,7 +117,7 @@ def temperature_feel(value: float) -> str:
     return "hot"
 
 
-def scene_data(state: SceneState, segment: SegmentState | None = None) -> dict[str, Any]:
+def scene_data(state: SceneState, segment: Window | None = None) -> dict[str, Any]:
     """The paper's scene data dictionary for one snapshot, with a segment's aggregates if given."""
     scene: dict[str, Any] = {"Biome": state.scene.biome, "Dimension": state.scene.dimension}
     health: dict[str, Any] = {"Health": state.health.value, "Max Health": state.health.max}

@@ -80,8 +80,9 @@ def open_text(spec: str) -> Any:
 
     if spec == "auto":
         from metabgm_edge.bundle import default_bundle
+        from metabgm_edge.ort.session import has_gpu_provider
 
-        found = default_bundle(ENGINES_DIR, "llm")
+        found = default_bundle(ENGINES_DIR, "llm", gpu=has_gpu_provider())
         if found is None:
             log.info("text: composer rules (embedded default; no LLM bundle in %s/)", ENGINES_DIR)
             return open_text_backend("composer")
@@ -98,11 +99,19 @@ TEXT_HELP = "Text backend: auto (an LLM bundle in engines/, else composer), comp
 
 @main.command()
 @click.argument("scene", required=False, type=click.File("rb"))
-@click.option("--source", help="Run the acquisition path on a source instead (sim:tour, replay:F, udp://...).")
-@click.option("--segments", default=6, show_default=True, type=click.IntRange(min=1),
-              help="With --source: how many segments.")
-@click.option("--interval", default=10.0, show_default=True, type=INTERVAL,
-              help="With --source: segment length (s).")
+@click.option(
+    "--source", help="Run the acquisition path on a source instead (sim:tour, replay:F, udp://...)."
+)
+@click.option(
+    "--segments",
+    default=6,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="With --source: how many segments.",
+)
+@click.option(
+    "--interval", default=10.0, show_default=True, type=INTERVAL, help="With --source: segment length (s)."
+)
 @click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
@@ -123,7 +132,7 @@ def describe(
 
     SCENE is a JSON file in the live-state protocol (``-`` reads stdin); see ``metabgm-edge schema``.
     """
-    from metabgm_edge.profile import load_profile
+    from metabgm_edge.listener_profile import load_profile
     from metabgm_edge.stages import describe as run_describe
     from metabgm_edge.state import parse_message
 
@@ -178,7 +187,7 @@ def describe(
 
 
 def _scene_words(state: Any, combat: bool) -> str:
-    """"forest, night, rain, combat": one segment's scene in a line of output."""
+    """ "forest, night, rain, combat": one segment's scene in a line of output."""
     words = f"{state.scene.biome}, {state.time.resolved_phase()}, {state.weather.state}"
     return words + (", combat" if combat else "")
 
@@ -194,8 +203,12 @@ def _print_segment(rec: Any) -> None:
 
 
 @main.command()
-@click.option("--source", default="sim:tour", show_default=True,
-              help="sim:NAME, replay:F.jsonl, udp://HOST:PORT, ws://HOST:PORT or minecraft://HOST:PORT.")
+@click.option(
+    "--source",
+    default="sim:tour",
+    show_default=True,
+    help="sim:NAME, replay:F.jsonl, udp://HOST:PORT, ws://HOST:PORT or minecraft://HOST:PORT.",
+)
 @click.option("--interval", default=10.0, show_default=True, type=INTERVAL, help="Segment length in seconds.")
 @click.option("--duration", type=POSITIVE, help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write exactly what plays to this WAV.")
@@ -206,14 +219,31 @@ def _print_segment(rec: Any) -> None:
 @click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
 @click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
-@click.option("--deadline", type=click.FloatRange(0.5, 120.0),
-              help="Seconds from state to queued audio per segment [interval].")
-@click.option("--crossfade", default=0.5, show_default=True, type=click.FloatRange(0.05, 2.0),
-              help="Crossfade at joins and transitions (s).")
-@click.option("--sample-period", default=1.0, show_default=True, type=click.FloatRange(0.05, 60.0),
-              help="How often the state is sampled (s); at most the interval.")
-@click.option("--transitions/--no-transitions", default=True, show_default=True,
-              help="Start a new segment at once on a sharp scene change (combat, dimension, low health).")
+@click.option(
+    "--deadline",
+    type=click.FloatRange(0.5, 120.0),
+    help="Seconds from state to queued audio per segment [interval].",
+)
+@click.option(
+    "--crossfade",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.05, 2.0),
+    help="Crossfade at joins and transitions (s).",
+)
+@click.option(
+    "--sample-period",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 60.0),
+    help="How often the state is sampled (s); at most the interval.",
+)
+@click.option(
+    "--transitions/--no-transitions",
+    default=True,
+    show_default=True,
+    help="Start a new segment at once on a sharp scene change (combat, dimension, low health).",
+)
 @click.option("--device", help="Output device (name or index; see `metabgm-edge doctor`).")
 def play(
     source: str,
@@ -239,7 +269,7 @@ def play(
     on the default output device; on a machine without one, into --out or metabgm-edge-TIME.wav.
     """
     from metabgm_edge.audio import open_audio_backend
-    from metabgm_edge.profile import load_profile
+    from metabgm_edge.listener_profile import load_profile
     from metabgm_edge.scheduler import PlayOptions, Session
     from metabgm_edge.sources import open_source
 
@@ -251,7 +281,7 @@ def play(
     if fast and out is None:
         log.warning("--fast without --out: the audio is rendered and discarded (use it to time the pipeline)")
     if not fast and out is None:
-        from metabgm_edge.audio.sinks import probe_output
+        from metabgm_edge.playback.sinks import probe_output
 
         if probe_output(_device(device)) is not None:
             # No speakers: keep the music anyway, in a file to play later (the sink says so, once).
@@ -290,8 +320,12 @@ def _device(spec: str | None) -> int | str | None:
 @click.argument("description")
 @click.option("--seconds", default=10.0, show_default=True, help="Length of the audio (0.5-120 s).")
 @click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
-@click.option("--continue-from", "previous", type=click.Path(exists=True, dir_okay=False),
-              help="A WAV written by `render` or `play --out`: continue its music (its melodic anchor).")
+@click.option(
+    "--continue-from",
+    "previous",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A WAV written by `render` or `play --out`: continue its music (its melodic anchor).",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
 def render(
@@ -301,29 +335,34 @@ def render(
 
     The WAV carries the melodic anchor, so `--continue-from` can chain previews.
     """
-    from metabgm_edge.audio import open_audio_backend
-    from metabgm_edge.audio.synth import anchor_from_bytes, anchor_to_bytes
-    from metabgm_edge.audio.wav import read_wav, write_wav
+    from metabgm_edge.audio import AudioRequest, anchor_to_metadata, continue_from, open_audio_backend
+    from metabgm_edge.audio import render as render_audio
+    from metabgm_edge.playback.wav import read_wav, write_wav
 
     if not 0.5 <= seconds <= 120.0:
         raise click.BadParameter("must be between 0.5 and 120 seconds", param_hint="--seconds")
     backend = open_audio_backend(audio_spec)
-    anchor = None
+    anchor = context = None
     if previous is not None:
-        info = read_wav(previous)[1]
-        if info.metadata is None:
-            log.warning("%s holds no melodic anchor: starting fresh", previous)
-        else:
-            try:
-                anchor = anchor_from_bytes(info.metadata)
-            except ValueError as exc:
-                log.warning("%s: %s; starting fresh", previous, exc)
+        try:
+            recorded, info = read_wav(previous)
+            anchor, context = continue_from(backend, info.metadata, recorded, info.sample_rate)
+        except ValueError as exc:
+            raise click.BadParameter(f"{previous}: {exc}", param_hint="--continue-from") from None
     t0 = time.perf_counter()
-    audio, next_anchor = backend.render(description, seconds, anchor, tail=0.0, seed=seed)
+    request = AudioRequest(
+        description=description, seconds=seconds, seed=seed, anchor=anchor, context=context
+    )
+    audio, next_anchor = render_audio(backend, request)
     took = time.perf_counter() - t0
-    write_wav(out, audio, backend.sample_rate, metadata=anchor_to_bytes(next_anchor))
-    summary = next_anchor.summary() if hasattr(next_anchor, "summary") else {}
-    click.echo(f"wrote {out}: {audio.shape[0] / backend.sample_rate:.1f} s in {took:.2f} s {summary}")
+    write_wav(
+        out, audio, backend.sample_rate, metadata=anchor_to_metadata(next_anchor) if next_anchor else None
+    )
+    summary = f"; next: {next_anchor.summary()}" if next_anchor is not None else ""
+    click.echo(
+        f"wrote {out}: {audio.shape[0] / backend.sample_rate:.1f} s in {took:.2f} s "
+        f"with {backend.name}{summary}"
+    )
 
 
 # -- record ---------------------------------------------------------------------------------------
@@ -400,8 +439,12 @@ def report(log_file: str, audio_path: str | None, out: str | None, session: int 
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
 @click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--latency/--no-latency", default=True, show_default=True,
-              help="Also measure scene-change-to-audible latency (a real-time run of ~10 s).")
+@click.option(
+    "--latency/--no-latency",
+    default=True,
+    show_default=True,
+    help="Also measure scene-change-to-audible latency (a real-time run of ~10 s).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON to this file.")
 def bench(
@@ -438,8 +481,14 @@ def bench(
 
 
 @main.command()
-@click.option("--engines", "engines_dir", default=str(ENGINES_DIR), show_default=True,
-              type=click.Path(file_okay=False), help="Where exported bundles are looked for.")
+@click.option(
+    "--engines",
+    "engines_dir",
+    default=str(ENGINES_DIR),
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where exported bundles are looked for.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def doctor(engines_dir: str, as_json: bool) -> None:
     """Check this machine: audio devices, onnxruntime providers (really tried), TensorRT, GPU,

@@ -135,7 +135,7 @@ def try_provider(provider: str, options: dict[str, str] | None = None) -> tuple[
     t0 = time.perf_counter()
     with _captured_stderr() as native:
         try:
-            session = ort.InferenceSession(tiny_model(), so, providers=providers)
+            session = ort.InferenceSession(tiny_model(), so, providers=providers, enable_fallback=0)
             x = np.arange(4, dtype=np.float32).reshape(1, 4)
             (y,) = session.run(None, {"x": x})
         except Exception as exc:
@@ -217,7 +217,7 @@ def check_audio_devices() -> Check:
             detail=f"sounddevice is not installed ({exc}); {NO_DEVICE_MEANS}",
         )
     from metabgm_edge.audio import SAMPLE_RATE
-    from metabgm_edge.audio.sinks import list_devices, probe_output
+    from metabgm_edge.playback.sinks import list_devices, probe_output
 
     devices = list_devices()
     data: dict[str, Any] = {
@@ -281,7 +281,7 @@ def check_provider(label: str, provider: str, options: dict[str, str] | None = N
 
 
 def check_tensorrt_library() -> Check:
-    from metabgm_edge.llm import device
+    from metabgm_edge.ort import device
 
     lib = device.tensorrt_version()
     why = ""
@@ -309,7 +309,7 @@ def check_tensorrt_library() -> Check:
 
 
 def check_gpu() -> Check:
-    from metabgm_edge.llm import device
+    from metabgm_edge.ort import device
 
     driver_gpu = device.gpu()
     data: dict[str, Any] = {"cuda_driver": msgspec.to_builtins(driver_gpu) if driver_gpu else None}
@@ -356,8 +356,9 @@ def check_gpu() -> Check:
 
 
 def check_engines(engines_dir: Path) -> Check:
-    from metabgm_edge.bundle import MANIFEST, default_bundle, find_bundles, read_manifest
+    from metabgm_edge.bundle import KINDS, MANIFEST, default_bundle, read_manifest
     from metabgm_edge.errors import BundleError
+    from metabgm_edge.ort.session import has_gpu_provider
 
     where = engines_dir.resolve()
     if not engines_dir.is_dir():
@@ -366,10 +367,11 @@ def check_engines(engines_dir: Path) -> Check:
             status="missing",
             data={"dir": str(where)},
             detail=f"{where} does not exist: `play` uses the embedded composer and synthesizer "
-            "(export an LLM bundle with `metabgm-edge export llm`)",
+            "(export bundles with `metabgm-edge export llm` and `export musicgen`)",
         )
-    valid = set(find_bundles(engines_dir, "llm"))
-    pick = default_bundle(engines_dir, "llm")
+    gpu = has_gpu_provider()
+    picks = {kind: default_bundle(engines_dir, kind, gpu=gpu) for kind in KINDS}
+    uses = {"llm": "--text auto", "musicgen": "--audio auto"}
     rows, problems, found = [], [], []
     for folder in sorted(p for p in engines_dir.iterdir() if (p / MANIFEST).is_file()):
         try:
@@ -377,11 +379,10 @@ def check_engines(engines_dir: Path) -> Check:
         except BundleError as exc:
             problems.append(f"{folder.name}: {exc}")
             continue
-        engine = f", TensorRT engine for {m.engine.gpu_arch}" if m.engine else ""
-        chosen = " <- play uses this one" if folder == pick else ""
-        usable = "" if folder in valid else " (not an LLM bundle)"
+        engines = "".join(f", TensorRT engine of {e.graph} for {e.gpu_arch}" for e in m.engines)
+        chosen = f" <- {uses[m.kind]} takes this one" if folder == picks[m.kind] else ""
         rows.append(
-            f"{folder.name} ({m.kind} {m.name}, {m.quantization}, target {m.target}{engine}){usable}{chosen}"
+            f"{folder.name} ({m.kind} {m.name}, {m.quantization}, target {m.target}{engines}){chosen}"
         )
         found.append(
             {
@@ -390,10 +391,16 @@ def check_engines(engines_dir: Path) -> Check:
                 "name": m.name,
                 "quantization": m.quantization,
                 "target": m.target,
-                "default": folder == pick,
+                "graphs": sorted(m.graphs),
+                "default": folder == picks[m.kind],
             }
         )
-    data = {"dir": str(where), "bundles": found, "problems": problems}
+    data = {
+        "dir": str(where),
+        "bundles": found,
+        "problems": problems,
+        "defaults": {k: (str(v) if v else None) for k, v in picks.items()},
+    }
     if problems:
         return Check(
             name="engines",
@@ -406,20 +413,23 @@ def check_engines(engines_dir: Path) -> Check:
             name="engines",
             status="missing",
             data=data,
-            detail=f"no bundle in {where}: `play` uses the embedded composer rules "
-            "(export one with `metabgm-edge export llm`)",
+            detail=f"no bundle in {where}: `play` uses the embedded composer rules and synthesizer "
+            "(export bundles with `metabgm-edge export llm` and `export musicgen`)",
         )
-    if pick is None:
-        rows.append("none of them runs here (GPU bundles need onnxruntime-gpu): play uses the composer")
+    for kind, fallback in (("llm", "the composer rules"), ("musicgen", "the synthesizer")):
+        if picks[kind] is None and any(f["kind"] == kind for f in found):
+            rows.append(
+                f"no {kind} bundle runs here (GPU bundles need onnxruntime-gpu): play uses {fallback}"
+            )
     return Check(name="engines", status="ok", data=data, detail="; ".join(rows))
 
 
 def check_embedded_audio() -> Check:
-    from metabgm_edge.audio import open_audio_backend
+    from metabgm_edge.audio import AudioRequest, open_audio_backend, render
 
     backend = open_audio_backend("synth")
     t0 = time.perf_counter()
-    audio, _ = backend.render("calm piano in C major at 80 BPM", 2.0, None, seed=0)
+    audio, _ = render(backend, AudioRequest(description="calm piano in C major at 80 BPM", seconds=2.0))
     took = time.perf_counter() - t0
     frames = getattr(audio, "shape", (0,))[0]
     if frames != round(2.0 * backend.sample_rate):
@@ -443,6 +453,8 @@ def _guarded(name: str, fn: Callable[[], Check]) -> Check:
 
 
 def run_checks(engines_dir: str | Path = "engines") -> list[Check]:
+    from metabgm_edge.ort.session import trt_options
+
     engines = Path(engines_dir)
     checks: list[tuple[str, Callable[[], Check]]] = [
         ("python", check_python),
@@ -454,7 +466,7 @@ def run_checks(engines_dir: str | Path = "engines") -> list[Check]:
         (
             "tensorrt provider",
             lambda: check_provider(
-                "tensorrt provider", "TensorrtExecutionProvider", {"trt_fp16_enable": "1"}
+                "tensorrt provider", "TensorrtExecutionProvider", trt_options(trt_fp16_enable=True)
             ),
         ),
         ("tensorrt", check_tensorrt_library),

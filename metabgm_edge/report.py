@@ -13,7 +13,7 @@ Panels, all on the session's time axis (seconds):
 
 then the full descriptions, one line per segment.
 
-The log is JSON lines of :class:`~metabgm_edge.scheduler.SegmentRecord`. Malformed lines are
+The log is JSON lines of :class:`~metabgm_edge.session_log.SegmentRecord`. Malformed lines are
 skipped with a warning naming the line. ``play`` appends to its log, so one file may hold several
 sessions (the segment index starts again at 0): the report shows one of them, the last by default.
 
@@ -33,7 +33,7 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from metabgm_edge.scheduler import SegmentRecord
+from metabgm_edge.session_log import SegmentRecord
 
 log = logging.getLogger(__name__)
 
@@ -381,7 +381,7 @@ def _description_lines(records: list[SegmentRecord]) -> list[str]:
 
 
 def _read_mono(path: Path) -> tuple[np.ndarray, int]:
-    from metabgm_edge.audio.wav import read_wav
+    from metabgm_edge.playback.wav import read_wav
 
     audio, info = read_wav(path)
     mono = audio.mean(axis=1) if audio.ndim == 2 else audio

@@ -2,17 +2,19 @@
 
 Threads (real time):
     sampler   metabgm_edge.acquisition: samples the source, hands over segments
-    pipeline  here: characterize -> stage 1 -> stage 2 -> audio render, per segment
-    feeder    metabgm_edge.audio.feeder: mixer -> lock-free ring buffer
+    pipeline  here: characterize -> stage 1 -> stage 2 -> audio, per segment; the audio backend
+              streams chunks, each queued in the mixer as it comes
+    audio     a worker the pipeline waits on with the segment's deadline (``Guard``)
+    feeder    metabgm_edge.playback.feeder: mixer -> lock-free ring buffer
     callback  PortAudio (or the file sink's thread): ring buffer -> device and WAV
     main      here: a watchdog that extends the music when a segment is late, Ctrl-C, --duration
 
 Timeline. Segment k's window closes at ``end``; its audio must be in the mixer by
 ``end + deadline`` (the deadline is the interval unless set), when the audio before it runs out.
 The first segment (the ``start`` prelude, rendered from the first sample) and every sharp-change
-segment (rendered at once and crossfaded in over what is playing) therefore last
-``interval + deadline``; regular segments last ``interval`` and join the previous one's tail with
-an equal-power crossfade.
+segment (rendered at once and crossfaded in over what is playing as soon as its first chunk is
+there) therefore last ``interval + deadline``; regular segments last ``interval`` and join the
+previous one's tail with an equal-power crossfade.
 
 Fallbacks, each named, logged and counted, none of them silent:
     text.<stage>.error / text.<stage>.deadline   the composer rules write that stage instead
@@ -36,14 +38,15 @@ from typing import IO, Any, Final, TypeVar
 import msgspec
 import numpy as np
 
-from metabgm_edge.acquisition import Acquisition, FastClock, RealClock, SegmentState
-from metabgm_edge.audio import AudioBackend
-from metabgm_edge.audio.mixer import Mixer
-from metabgm_edge.audio.wav import WavWriter
-from metabgm_edge.profile import DEFAULT_PROFILE, Profile
+from metabgm_edge.acquisition import Acquisition, FastClock, RealClock
+from metabgm_edge.audio import CONTEXT_SECONDS, AudioBackend, AudioRequest, anchor_to_metadata
+from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
+from metabgm_edge.playback.mixer import Join, Mixer
+from metabgm_edge.playback.wav import WavWriter
+from metabgm_edge.session_log import SegmentRecord, SessionStats
 from metabgm_edge.sources import Source
 from metabgm_edge.stages import DescribeResult, Mode, describe
-from metabgm_edge.state import SceneState
+from metabgm_edge.state import Window
 from metabgm_edge.text import StageRequest, TextBackend
 
 log = logging.getLogger(__name__)
@@ -75,54 +78,6 @@ class PlayOptions(msgspec.Struct, kw_only=True):
     @property
     def budget(self) -> float:
         return self.interval if self.deadline is None else self.deadline
-
-
-class SegmentRecord(msgspec.Struct, kw_only=True):
-    """One line of the session log (``--log F.jsonl``)."""
-
-    index: int
-    start: float
-    end: float
-    trigger: str
-    combat: bool
-    state: SceneState
-    window: dict[str, Any]
-    """The segment's aggregates: samples, lowest_health, damage_taken, biomes, attackers."""
-    characterized: dict[str, Any]
-    narrative: str | None
-    description: str
-    text_backend: str
-    audio_backend: str
-    timings: dict[str, float]
-    """Seconds: characterize, narrative, description (or direct), audio, total."""
-    deadline: float
-    """Session time by which the audio had to be queued."""
-    queued_at: float
-    """Session time at which it was queued."""
-    missed_deadline: bool
-    fallbacks: list[str]
-    join: str
-    """How it entered the music: start, append, transition."""
-    audio_seconds: float
-
-
-class SessionStats(msgspec.Struct, kw_only=True):
-    segments: int = 0
-    seconds: float = 0.0
-    deadline_misses: int = 0
-    fallbacks: dict[str, int] = msgspec.field(default_factory=dict)
-    transitions: int = 0
-    extensions: int = 0
-    starvations: int = 0
-    """Times the mixer ran dry and faded out (should be 0)."""
-    underruns: int = 0
-    """Ring-buffer underruns seen by the sink (should be 0)."""
-    device_underflows: int = 0
-    sink: str = ""
-    source: dict[str, Any] = msgspec.field(default_factory=dict)
-    stage_seconds: dict[str, list[float]] = msgspec.field(default_factory=dict)
-    transition_latency: list[float] = msgspec.field(default_factory=list)
-    """Seconds from a sharp change being sampled to its audio entering the output."""
 
 
 class DeadlineMissed(Exception):
@@ -178,6 +133,7 @@ class Session:
         log_path: str | Path | None = None,
         use_device: bool = True,
         device: int | str | None = None,
+        fallback_audio: AudioBackend | None = None,
     ) -> None:
         from metabgm_edge.text.composer import Composer
 
@@ -185,6 +141,9 @@ class Session:
         self.source = source
         self.text = text
         self.audio = audio
+        self.fallback_audio = fallback_audio
+        """The backend that takes over after repeated failures (None: a fresh embedded synthesizer)."""
+        self._replaced = False
         self.profile = profile
         self.out = Path(out) if out is not None else None
         self.log_path = Path(log_path) if log_path is not None else None
@@ -238,7 +197,7 @@ class Session:
 
         return run
 
-    def _describe(self, seg: SegmentState, fallbacks: list[str], t0: float) -> DescribeResult:
+    def _describe(self, seg: Window, fallbacks: list[str], t0: float) -> DescribeResult:
         opts = self.options
         text_deadline = t0 + opts.budget * opts.text_share
         run_stage = self._run_stage(fallbacks, text_deadline)
@@ -255,77 +214,129 @@ class Session:
             )
 
     def _render(
-        self, description: str, seconds: float, seed: int, fallbacks: list[str], deadline: float
-    ) -> np.ndarray | None:
-        tail = self.options.crossfade
-        audio_be = self.audio
+        self,
+        description: str,
+        seconds: float,
+        seed: int,
+        fallbacks: list[str],
+        deadline: float,
+        *,
+        join: Join,
+        first_chunk: float,
+        now: Callable[[], float],
+    ) -> float | None:
+        """Stream one segment from the audio backend into the mixer, chunk by chunk as it comes.
+
+        Returns the session time its first chunk was queued, or None when nothing was queued (the
+        previous segment is then extended). A failure after some audio was queued keeps what came
+        and extends it for the rest.
+        """
+        opts = self.options
+        sr = self.audio.sample_rate
+        tail_frames = round(opts.crossfade * sr)
+        backend = self.audio
+        anchor = self._anchor
+        own = anchor is not None and getattr(anchor, "kind", None) == backend.kind
+        request = AudioRequest(
+            description=description,
+            seconds=seconds,
+            tail=opts.crossfade,
+            seed=seed,
+            anchor=anchor,
+            context=None if own else self.mixer.context(CONTEXT_SECONDS),
+            first_chunk=first_chunk,
+        )
+        want = round((seconds + opts.crossfade) * sr)
+        lock = threading.Lock()
+        cancel = threading.Event()
+        got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0}
+
+        def work() -> None:
+            for chunk in backend.stream(request):
+                audio = np.asarray(chunk.audio, dtype=np.float32)
+                if audio.ndim != 2 or audio.shape[1] != backend.channels:
+                    raise ValueError(f"a chunk of shape {audio.shape}, expected (frames, {backend.channels})")
+                with lock:
+                    if cancel.is_set():
+                        return
+                    if got["seg"] is None:
+                        got["seg"] = self.mixer.begin(join, tail_frames)
+                    got["seg"].add(audio)
+                    got["frames"] += audio.shape[0]
+                    if got["queued_at"] is None:
+                        got["queued_at"] = now()
+                if chunk.last:
+                    got["anchor"] = chunk.anchor
+                    break
+            if abs(got["frames"] - want) > 1:
+                raise ValueError(f"rendered {got['frames']} frames, expected {want}")
+            if got["anchor"] is None:
+                raise ValueError("the backend's last chunk carried no anchor")
+
         try:
             # Late text leaves the audio at least a quarter of the budget: late music beats none.
-            timeout = max(deadline - time.monotonic(), 0.25 * self.options.budget)
-            out, anchor = self._audio_guard.call(
-                lambda: audio_be.render(description, seconds, self._anchor, tail=tail, seed=seed), timeout
-            )
-            out = np.asarray(out, dtype=np.float32)
-            want = round((seconds + tail) * self.audio.sample_rate)
-            if out.ndim != 2 or out.shape[1] != self.audio.channels or abs(out.shape[0] - want) > 1:
-                raise ValueError(f"rendered shape {out.shape}, expected ({want}, {self.audio.channels})")
+            timeout = max(deadline - time.monotonic(), 0.25 * opts.budget)
+            self._audio_guard.call(work, timeout)
         except Exception as exc:
+            with lock:
+                cancel.set()
+                seg = got["seg"]
+                if seg is not None:
+                    seg.end()
             reason = "audio.deadline" if isinstance(exc, DeadlineMissed) else "audio.error"
-            log.warning("%s: %s; extending the previous segment", audio_be.name, exc)
+            log.warning("%s: %s; extending the previous segment", backend.name, exc)
             fallbacks.append(reason)
             self._fallbacks[reason] += 1
             self._audio_failures += 1
-            if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and audio_be.name != "synth":
-                from metabgm_edge.audio import open_audio_backend
+            missing = seconds - max(0, got["frames"] - tail_frames) / sr
+            if missing > 0:
+                self.mixer.extend_previous(missing)
+            if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and not self._replaced:
+                if self.fallback_audio is None:
+                    from metabgm_edge.audio import open_audio_backend
 
-                log.error("%s failed %d times in a row: the embedded synthesizer takes over",
-                          audio_be.name, self._audio_failures)  # fmt: skip
-                self.audio = open_audio_backend("synth")
+                    self.fallback_audio = open_audio_backend("synth")
+                log.error("%s failed %d times in a row: %s takes over for the rest of the session",
+                          backend.name, self._audio_failures, self.fallback_audio.name)  # fmt: skip
+                self._replaced = True
+                self.audio = self.fallback_audio
                 self._audio_guard = Guard("audio")
-                self._anchor = None
                 fallbacks.append("audio.replaced")
                 self._fallbacks["audio.replaced"] += 1
-            return None
+            return got["queued_at"]
+        got["seg"].end()
         self._audio_failures = 0
-        self._anchor = anchor
-        return out
+        self._anchor = got["anchor"]
+        return got["queued_at"]
 
-    def _process(self, seg: SegmentState, now: Callable[[], float]) -> SegmentRecord:
+    def _process(self, seg: Window, now: Callable[[], float]) -> SegmentRecord:
         opts = self.options
         t0 = time.monotonic()
         fallbacks: list[str] = []
         result = self._describe(seg, fallbacks, t0)
         sharp = seg.trigger in SHARP or seg.trigger == "start"
         seconds = opts.interval + (opts.budget if sharp else 0.0)
-        xfade = round(opts.crossfade * self.audio.sample_rate)
         seed = opts.seed + seg.index
         audio_deadline = t0 + opts.budget
         late = self._late.is_set()
-        # A new scene should be heard at once: render a short head first and cut over to it, then
-        # the rest of the segment, which continues from the head's anchor.
-        head = HEAD_SECONDS if sharp and seconds > HEAD_SECONDS + 1.0 else seconds
-        t_audio = time.monotonic()
-        rendered = self._render(result.description, head, seed, fallbacks, audio_deadline)
-        if rendered is None:
-            join = "extend"
-            self.mixer.extend_previous(seconds)
-        elif seg.trigger == "start":
-            join = "start"
-            self.mixer.append(rendered, xfade)
+        if seg.trigger == "start":
+            join, mixer_join = "start", "append"
         elif sharp or late:
-            join = "transition"
-            self.mixer.transition(rendered, xfade)
-            self.stats.transitions += 1
+            join, mixer_join = "transition", "transition"
         else:
-            join = "append"
-            self.mixer.append(rendered, xfade)
-        queued_at = now()
-        if rendered is not None and head < seconds:
-            rest = self._render(result.description, seconds - head, seed, fallbacks, audio_deadline)
-            if rest is None:
-                self.mixer.extend_previous(seconds - head)
-            else:
-                self.mixer.append(rest, xfade)
+            join, mixer_join = "append", "append"
+        # A new scene should be heard at once: ask for a short head first (the mixer cuts over to
+        # it as soon as it arrives); the rest of the segment follows.
+        first_chunk = HEAD_SECONDS if sharp and seconds > HEAD_SECONDS + 1.0 else 0.0
+        t_audio = time.monotonic()
+        queued = self._render(result.description, seconds, seed, fallbacks, audio_deadline,
+                              join=mixer_join, first_chunk=first_chunk, now=now)  # fmt: skip
+        if queued is None:
+            join = "extend"
+            queued = now()
+        elif join == "transition":
+            self.stats.transitions += 1
+        queued_at = queued
         t_done = time.monotonic()
         self._late.clear()
         deadline = seg.end + opts.budget
@@ -443,13 +454,15 @@ class Session:
         finally:
             self.acquisition.stop()
             if writer is not None:
+                if self._anchor is not None:
+                    writer.set_metadata(anchor_to_metadata(self._anchor))
                 writer.close()
             self.stats.seconds = written / sr
 
     def _run_real_time(self) -> None:
-        from metabgm_edge.audio.feeder import Feeder
-        from metabgm_edge.audio.ringbuffer import RingBuffer
-        from metabgm_edge.audio.sinks import open_sink
+        from metabgm_edge.playback.feeder import Feeder
+        from metabgm_edge.playback.ringbuffer import RingBuffer
+        from metabgm_edge.playback.sinks import open_sink
 
         opts = self.options
         sr = self.audio.sample_rate
@@ -490,6 +503,8 @@ class Session:
             self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
             feeder.finish(timeout=2.0)
             feeder.stop()
+            if self._anchor is not None:  # `render --continue-from` the recording continues the music
+                sink.set_metadata(anchor_to_metadata(self._anchor))
             sink.stop(drain=True, timeout=2.0)
             st = sink.stats()
             self.stats.underruns = st.ring_underruns

@@ -20,11 +20,10 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from metabgm_edge.acquisition import SegmentState
 from metabgm_edge.characterize import characterize, in_combat, info_str, scene_data
 from metabgm_edge.errors import BackendError
-from metabgm_edge.profile import DEFAULT_PROFILE, Profile
-from metabgm_edge.state import SceneState
+from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
+from metabgm_edge.state import SceneState, Window
 from metabgm_edge.text import ChatMessage, Stage, StageRequest, TextBackend
 
 log = logging.getLogger(__name__)
@@ -120,7 +119,7 @@ def _text_of(raw: str, backend: TextBackend, stage: str) -> str:
 
 
 def describe(
-    scene: SceneState | SegmentState,
+    scene: SceneState | Window,
     backend: TextBackend,
     *,
     mode: Mode = "two-stage",
@@ -133,7 +132,7 @@ def describe(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    if isinstance(scene, SegmentState):
+    if isinstance(scene, Window):
         combat, data = scene.combat, scene_data(scene.latest, scene)
     else:
         combat, data = in_combat(scene), scene_data(scene)

@@ -128,6 +128,28 @@ class SceneState(Struct, kw_only=True, forbid_unknown_fields=True):
         return any(normalize_key(k) == wanted and v for k, v in self.flags().items())
 
 
+class Window(Struct, kw_only=True):
+    """One window of acquisition (a segment's worth of states): the latest values plus what
+    happened in it. Made by :mod:`metabgm_edge.acquisition`, read by characterization and the
+    stages."""
+
+    index: int
+    start: float
+    end: float
+    samples: int
+    latest: SceneState
+    combat: bool
+    """Combat mode for characterization (see metabgm_edge.characterize)."""
+    combat_seen: bool
+    lowest_health: float
+    damage_taken: float
+    biomes: list[str]
+    attackers: list[str]
+    trigger: str
+    """Why the segment ended: interval, combat_start, combat_end, dimension, health_drop, end; or
+    start, the prelude handed off at the first sample so music can begin at once."""
+
+
 class Envelope(Struct, kw_only=True):
     """Transport fields that are not part of the state."""
 
@@ -234,8 +256,8 @@ def json_schema() -> dict[str, Any]:
     schema["$comment"] = (
         f"metabgm-edge live-state protocol v{PROTOCOL_VERSION}. Send one JSON object per datagram "
         f"(UDP) or text frame (WebSocket), at most {MAX_MESSAGE_BYTES} bytes, nested at most "
-        f"{MAX_DEPTH} levels. Add \"token\" when the listener was started with one. Unknown "
-        "top-level fields are kept in \"extra\"."
+        f'{MAX_DEPTH} levels. Add "token" when the listener was started with one. Unknown '
+        'top-level fields are kept in "extra".'
     )
     return schema
 

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import pytest
+from audio_helpers import render
 from click.testing import CliRunner
 
 from metabgm_edge.acquisition import MIN_TRANSITION_GAP
@@ -20,7 +21,8 @@ from metabgm_edge.audio import SAMPLE_RATE, open_audio_backend
 from metabgm_edge.bench import ScriptedChange, combat_state, pick_change_time
 from metabgm_edge.characterize import characterize, in_combat, scene_data
 from metabgm_edge.cli import main
-from metabgm_edge.scheduler import PlayOptions, Session, SessionStats
+from metabgm_edge.scheduler import PlayOptions, Session
+from metabgm_edge.session_log import SessionStats
 from metabgm_edge.sources import open_source
 from metabgm_edge.stages import MAX_WORDS, describe
 from metabgm_edge.text.composer import Composer
@@ -126,7 +128,7 @@ def test_benchmark_synth_renders_10_s(benchmark) -> None:
     description = (
         "Driving cinematic music at 140 BPM in A minor: thumping drums, wide strings, distorted bass."
     )
-    audio, anchor = benchmark(synth.render, description, 10.0, None, tail=0.5, seed=1)
+    audio, anchor = benchmark(render, synth, description, 10.0, None, tail=0.5, seed=1)
     assert audio.shape == (round(10.5 * SAMPLE_RATE), 2)
     assert float((audio**2).mean()) ** 0.5 > 0.01
     assert anchor is not None

@@ -12,8 +12,10 @@ import pytest
 from metabgm_edge import bundle
 from metabgm_edge.bundle import (
     Chat,
+    Graph,
+    KVCache,
+    LLMSection,
     Manifest,
-    ModelIO,
     default_bundle,
     find_bundles,
     open_bundle,
@@ -28,21 +30,15 @@ def make_manifest(**changes: object) -> Manifest:
         kind="llm",
         name="test",
         created="2026-11-26T10:00:00Z",
-        source=bundle.Source(model="some/model"),
+        source=bundle.ModelSource(model="some/model"),
         quantization="int8",
         target="cpu",
-        opset=18,
-        onnxruntime_version="1.32.0",
-        io=ModelIO(
-            inputs=["input_ids"],
-            outputs=["logits"],
-            num_layers=1,
-            num_kv_heads=1,
-            head_dim=4,
-            vocab_size=10,
-            context_length=64,
+        versions={"onnxruntime": "1.32.0"},
+        graphs={"decoder": Graph(file="model.onnx", inputs=["input_ids"], outputs=["logits"], opset=18)},
+        llm=LLMSection(
+            cache=KVCache(num_layers=1, num_kv_heads=1, head_dim=4, vocab_size=10, context_length=64),
+            chat=Chat(template="chatml"),
         ),
-        chat=Chat(template="chatml"),
     )
     return msgspec.structs.replace(manifest, **changes)
 
@@ -96,9 +92,21 @@ def test_truncated_file_is_refused_with_both_sizes(tmp_path: Path) -> None:
     ("mangle", "message"),
     [
         (lambda text: text[: len(text) // 2], "not a valid bundle manifest"),
-        (lambda text: text.replace('"opset": 18', '"opset": "eighteen"'), r"\$\.opset"),
+        (
+            lambda text: text.replace('"opset": 18', '"opset": "eighteen"'),
+            r"\$\.graphs\.decoder\.opset|graphs",
+        ),
         (lambda text: text.replace('"kind": "llm"', '"kind": "spaceship"'), r"\$\.kind"),
-        (lambda text: text.replace('"format_version": 1', '"format_version": 9'), "format_version 9"),
+        (lambda text: text.replace('"kind": "llm"', '"kind": "musicgen"'), "exactly its 'musicgen' section"),
+        (lambda text: text.replace('"format_version": 2', '"format_version": 9'), "format_version 9"),
+        (
+            lambda text: text.replace('"format_version": 2', '"format_version": 1'),
+            "format_version 1.*re-export",
+        ),
+        (
+            lambda text: text.replace('"file": "model.onnx"', '"file": "other.onnx"'),
+            "does not list 'other.onnx'",
+        ),
         (lambda text: text.replace('"path": "tokenizer.json"', '"path": "../tokenizer.json"'), "tokenizer"),
     ],
 )
@@ -144,22 +152,19 @@ def test_find_bundles_skips_folders_that_are_not_bundles(tmp_path: Path, caplog)
     assert find_bundles(tmp_path / "missing", "llm") == []
 
 
-def test_default_bundle_prefers_int8_then_newest(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(bundle, "_gpu_providers", lambda: set())
-    assert default_bundle(tmp_path, "llm") is None
+def test_default_bundle_prefers_int8_then_newest(tmp_path: Path) -> None:
+    assert default_bundle(tmp_path, "llm", gpu=False) is None
     make_bundle(tmp_path / "fp32", quantization="fp32")
-    assert default_bundle(tmp_path, "llm") == tmp_path / "fp32"
+    assert default_bundle(tmp_path, "llm", gpu=False) == tmp_path / "fp32"
     make_bundle(tmp_path / "int4", quantization="int4")
-    assert default_bundle(tmp_path, "llm") == tmp_path / "int4"
+    assert default_bundle(tmp_path, "llm", gpu=False) == tmp_path / "int4"
     make_bundle(tmp_path / "old-int8", quantization="int8", created="2026-01-01T00:00:00Z")
     make_bundle(tmp_path / "new-int8", quantization="int8", created="2026-11-01T00:00:00Z")
-    assert default_bundle(tmp_path, "llm") == tmp_path / "new-int8"
+    assert default_bundle(tmp_path, "llm", gpu=False) == tmp_path / "new-int8"
 
 
-def test_default_bundle_takes_gpu_bundles_only_with_a_gpu_provider(tmp_path: Path, monkeypatch) -> None:
+def test_default_bundle_takes_gpu_bundles_only_with_a_gpu_provider(tmp_path: Path) -> None:
     make_bundle(tmp_path / "cpu-fp32", quantization="fp32")
     make_bundle(tmp_path / "cuda-int4", quantization="int4", target="cuda")
-    monkeypatch.setattr(bundle, "_gpu_providers", lambda: set())
-    assert default_bundle(tmp_path, "llm") == tmp_path / "cpu-fp32"
-    monkeypatch.setattr(bundle, "_gpu_providers", lambda: {"CUDAExecutionProvider"})
-    assert default_bundle(tmp_path, "llm") == tmp_path / "cuda-int4"
+    assert default_bundle(tmp_path, "llm", gpu=False) == tmp_path / "cpu-fp32"
+    assert default_bundle(tmp_path, "llm", gpu=True) == tmp_path / "cuda-int4"

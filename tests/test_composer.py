@@ -17,15 +17,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metabgm_edge.audio.musicparse import parse_description
+from metabgm_edge.audio.procedural.musicparse import parse_description
 from metabgm_edge.characterize import characterize, in_combat, scene_data
-from metabgm_edge.profile import DEFAULT_PROFILE, Profile
+from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 from metabgm_edge.state import state_from_dict
 from metabgm_edge.text import StageRequest, TextBackend, open_text_backend
 from metabgm_edge.text import composer as composer_module
 from metabgm_edge.text import vocabulary as vocabulary_module
 from metabgm_edge.text.composer import FALLBACK, Composer
-from metabgm_edge.text.score import DYNAMICS_WORDS, SYNTH_INSTRUMENTS, TEMPO_WORDS, tempo_word
+from metabgm_edge.text.music_plan import DYNAMICS_WORDS, SYNTH_INSTRUMENTS, TEMPO_WORDS, tempo_word
 from metabgm_edge.text.vocabulary import load_vocabulary, parse_table
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -58,7 +58,7 @@ def test_doctor_table_lists_one_line_per_check() -> None:
 
 
 def test_without_an_output_device_doctor_says_play_writes_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    from metabgm_edge.audio import sinks
+    from metabgm_edge.playback import sinks
 
     monkeypatch.setattr(sinks, "list_devices", lambda: [])  # what PortAudio says on a headless machine
     _, checks = run_doctor()

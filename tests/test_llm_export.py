@@ -22,8 +22,9 @@ from llm_fixtures import MUSIC_WORDS, SMOLLM2, english
 from metabgm_edge import bundle
 from metabgm_edge.export.cli import export
 from metabgm_edge.export.recipe import Recipe, RecipeError, check, load_recipe, merge, resolve_model
-from metabgm_edge.llm import LLM, LLMText
+from metabgm_edge.llm import LLM
 from metabgm_edge.text import ChatMessage
+from metabgm_edge.text.llm import LLMText
 
 tiny_llama = llm_fixtures.tiny_llama
 tiny_bundle = llm_fixtures.tiny_bundle
@@ -236,7 +237,8 @@ def test_cli_export_quantized_and_from_a_recipe(tiny_llama: Path, tmp_path: Path
     for step in range(1, 8):
         assert f"[{step}/7]" in result.output
     manifest = bundle.open_bundle(out)
-    assert (manifest.quantization, manifest.target, manifest.chat.template) == ("int4", "cpu", "llama2")
+    assert manifest.llm is not None and manifest.llm.chat.template == "llama2"
+    assert (manifest.kind, manifest.quantization, manifest.target) == ("llm", "int4", "cpu")
     assert {f.path for f in manifest.files} >= {
         "model.onnx",
         "model.onnx.data",
@@ -273,7 +275,7 @@ def test_cuda_bundle_exports_here_and_runs_on_the_cpu_fallback(tiny_llama: Path,
         progress=lambda _: None,
     )
     manifest = bundle.read_manifest(out)
-    assert manifest.target == "cuda" and manifest.engine is None
+    assert manifest.target == "cuda" and manifest.engines == []
     llm = LLM.load(out)
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         assert llm.provider == "cpu"
@@ -323,7 +325,7 @@ def test_tensorrt_int4_graph_is_qdq_and_runs(tiny_llama: Path, tmp_path: Path) -
 @pytest.mark.export
 def test_smollm2_logits_and_greedy_tokens_match_transformers(smollm2: dict, smollm2_bundle) -> None:
     llm = LLM.load(smollm2_bundle("fp32"))
-    assert bundle.read_manifest(llm.folder).chat.default_system  # taken from SmolLM2's template
+    assert bundle.read_manifest(llm.folder).llm.chat.default_system  # taken from SmolLM2's template
     ids = llm.encode(llm.render_chat(PROMPT))
     hf_tokens, hf_rows = hf_greedy(smollm2["model"], ids, 32)
     ort_tokens, ort_rows = ort_greedy(llm, ids, 32)

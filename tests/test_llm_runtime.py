@@ -17,8 +17,11 @@ import pytest
 
 from metabgm_edge import bundle
 from metabgm_edge.errors import BundleError
-from metabgm_edge.llm import LLM, GenerationConfig, LLMText, chat, device, providers, sampling
+from metabgm_edge.llm import LLM, GenerationConfig, chat, sampling
+from metabgm_edge.ort import device
+from metabgm_edge.ort import session as providers
 from metabgm_edge.text import ChatMessage, StageRequest, TextBackend, open_text_backend
+from metabgm_edge.text.llm import LLMText
 
 tiny_llama = llm_fixtures.tiny_llama
 tiny_bundle = llm_fixtures.tiny_bundle
@@ -173,8 +176,9 @@ def test_tensorrt_version_decoding() -> None:
 
 def engine(**changes: object) -> bundle.Engine:
     base = bundle.Engine(
-        model_file="model_ctx.onnx", tensorrt_version="10.9.0", gpu_arch="sm_89", onnxruntime_version="1.32.0"
-    )
+        graph="decoder", model_file="model_ctx.onnx", tensorrt_version="10.9.0", gpu_arch="sm_89",
+        onnxruntime_version="1.32.0",
+    )  # fmt: skip
     return msgspec.structs.replace(base, **changes)
 
 
@@ -196,12 +200,20 @@ def test_engine_used_only_on_exact_match(monkeypatch) -> None:
 def test_provider_chain_follows_the_target() -> None:
     from test_bundle import make_manifest
 
-    assert providers.chain_for(make_manifest(target="tensorrt")) == ["tensorrt", "cuda", "cpu"]
-    assert providers.chain_for(make_manifest(target="cuda")) == ["cuda", "cpu"]
-    assert providers.chain_for(make_manifest(target="cpu")) == ["cpu"]
-    assert providers.chain_for(make_manifest(target="tensorrt"), ["cpu"]) == ["cpu"]
+    assert providers.chain_for(make_manifest(target="tensorrt").target) == ["tensorrt", "cuda", "cpu"]
+    assert providers.chain_for("cuda") == ["cuda", "cpu"]
+    assert providers.chain_for("cpu") == ["cpu"]
+    assert providers.chain_for("tensorrt", ["cpu"]) == ["cpu"]
     with pytest.raises(ValueError, match="unknown provider"):
-        providers.chain_for(make_manifest(), ["rocm"])
+        providers.chain_for("cpu", ["rocm"])
+
+
+def test_tensorrt_switches_are_written_as_onnxruntime_reads_them() -> None:
+    # onnxruntime's Python layer refuses "1" / "0" for the TensorRT provider's on/off options.
+    opts = providers.trt_options(trt_fp16_enable=True, trt_engine_cache_enable=False, device_id=0, x=None)
+    assert opts == {"trt_fp16_enable": "True", "trt_engine_cache_enable": "False", "device_id": "0"}
+    (name, given), *_ = providers.provider_list("tensorrt")
+    assert name == "TensorrtExecutionProvider" and given["trt_fp16_enable"] == "True"
 
 
 # -- the generation loop on a real session (tiny random LLaMA) -----------------------------------
@@ -250,8 +262,10 @@ def test_stop_token_and_stop_string(tiny_bundle: Path, tmp_path: Path) -> None:
 
     folder = copy_bundle(tiny_bundle, tmp_path / "stops")
     manifest = bundle.read_manifest(folder)
-    stops = [*manifest.generation.stop_token_ids, first.token_ids[2]]
-    rewrite_manifest(folder, generation=msgspec.structs.replace(manifest.generation, stop_token_ids=stops))
+    section = manifest.llm
+    stops = [*section.generation.stop_token_ids, first.token_ids[2]]
+    generation = msgspec.structs.replace(section.generation, stop_token_ids=stops)
+    rewrite_manifest(folder, llm=msgspec.structs.replace(section, generation=generation))
     stopped = LLM.load(folder).chat([USER], greedy)
     assert stopped.stop_reason == "stop_token"
     assert stopped.token_ids == first.token_ids[:2]
@@ -297,8 +311,8 @@ def test_gpu_bundle_falls_back_to_cpu_with_the_reasons_logged(
         pytest.skip("this onnxruntime has a GPU provider; the CPU fallback is not what runs here")
     folder = copy_bundle(tiny_bundle, tmp_path / "trt")
     shutil.copy(folder / "model.onnx", folder / "model_ctx.onnx")  # stands in for the EPContext model
-    rewrite_manifest(folder, target="tensorrt", engine=engine())
-    with caplog.at_level(logging.INFO, logger="metabgm_edge.llm"):
+    rewrite_manifest(folder, target="tensorrt", engines=[engine()])
+    with caplog.at_level(logging.INFO, logger="metabgm_edge"):
         llm = LLM.load(folder)
     assert llm.provider == "cpu"
     assert len(llm.skipped_providers) == 2
@@ -335,8 +349,13 @@ def test_missing_tokenizer_is_refused_at_load(tiny_bundle: Path, tmp_path: Path)
 def test_manifest_that_does_not_match_the_model_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:
     folder = copy_bundle(tiny_bundle, tmp_path / "mismatch")
     manifest = bundle.read_manifest(folder)
-    io = msgspec.structs.replace(manifest.io, num_layers=manifest.io.num_layers + 1)
-    rewrite_manifest(folder, io=io)
+    cache = msgspec.structs.replace(manifest.llm.cache, num_layers=manifest.llm.cache.num_layers + 1)
+    rewrite_manifest(folder, llm=msgspec.structs.replace(manifest.llm, cache=cache))
+    with pytest.raises(BundleError, match=r"model\.onnx lacks the KV cache its manifest describes"):
+        LLM.load(folder)
+    graph = manifest.graphs["decoder"]
+    renamed = msgspec.structs.replace(graph, inputs=[*graph.inputs[:-1], "something_else"])
+    rewrite_manifest(folder, llm=manifest.llm, graphs={"decoder": renamed})
     with pytest.raises(BundleError, match=r"model\.onnx does not have the inputs and outputs"):
         LLM.load(folder)
 

@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 from minecraft_harness import Player, TestServer, free_port, skip_reason, wait_until
 
-from metabgm_edge.acquisition import Acquisition, SegmentState
+from metabgm_edge.acquisition import Acquisition
 from metabgm_edge.characterize import characterize, in_combat, scene_data
 from metabgm_edge.errors import SourceError
 from metabgm_edge.sources import open_source
 from metabgm_edge.sources.minecraft import CONNECTOR_ENV, NODE_ENV, MinecraftSource
 from metabgm_edge.stages import describe
-from metabgm_edge.state import SceneState
+from metabgm_edge.state import SceneState, Window
 from metabgm_edge.text import open_text_backend
 
 SKIP = skip_reason()
@@ -265,7 +265,7 @@ class Segments:
     """Collects the acquisition's segments on a thread, as the music scheduler would consume them."""
 
     def __init__(self, acq: Acquisition) -> None:
-        self.items: list[SegmentState] = []
+        self.items: list[Window] = []
         self._acq = acq
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from audio_helpers import render
 
 from metabgm_edge.audio import SAMPLE_RATE
-from metabgm_edge.audio.mixer import Mixer, crossfade
-from metabgm_edge.audio.synth import ProceduralSynth
+from metabgm_edge.audio.procedural.synth import ProceduralSynth
+from metabgm_edge.playback.mixer import Mixer, crossfade
 
 SR = SAMPLE_RATE
 XF = SR // 2  # 0.5 s crossfade
@@ -168,7 +169,7 @@ def test_synth_segments_join_without_clicks() -> None:
         "intense battle, fast driving drums, brass, dark minor",
     ]
     for desc in descriptions:
-        audio, anchor = synth.render(desc, 4.0, anchor, tail=0.5, seed=7)
+        audio, anchor = render(synth, desc, 4.0, anchor, tail=0.5, seed=7)
         m.append(audio, XF)
     out = m.read(round(12.0 * SR))
     for k in (1, 2):

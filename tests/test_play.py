@@ -17,8 +17,9 @@ import pytest
 from audio_device import PulseSink, locate, pulse_null_sink_fixture, stop_recording  # noqa: F401 (fixture)
 
 from metabgm_edge.audio import open_audio_backend
-from metabgm_edge.audio.wav import read_wav
-from metabgm_edge.scheduler import PlayOptions, SegmentRecord, Session
+from metabgm_edge.playback.wav import read_wav
+from metabgm_edge.scheduler import PlayOptions, Session
+from metabgm_edge.session_log import SegmentRecord
 from metabgm_edge.sources import open_source
 from metabgm_edge.text import StageRequest
 from metabgm_edge.text.composer import Composer
@@ -176,9 +177,10 @@ def test_a_text_backend_that_hangs_misses_its_deadline_and_the_music_goes_on(tmp
 
 
 class FlakyAudio:
-    """The synthesizer, failing on chosen calls."""
+    """The synthesizer behind the audio interface, failing on chosen calls."""
 
     name = "flaky"
+    kind = "synth"
 
     def __init__(self, fail_on: set[int]) -> None:
         self.synth = open_audio_backend("synth")
@@ -186,15 +188,18 @@ class FlakyAudio:
         self.fail_on = fail_on
         self.calls = 0
 
-    def render(self, description, seconds, anchor, *, tail=0.0, seed=0):
+    def stream(self, request):
         self.calls += 1
         if self.calls in self.fail_on:
             raise RuntimeError("GPU fell off the bus")
-        return self.synth.render(description, seconds, anchor, tail=tail, seed=seed)
+        yield from self.synth.stream(request)
+
+    def anchor_from_bytes(self, data):
+        return self.synth.anchor_from_bytes(data)
 
 
 def test_an_audio_backend_that_raises_extends_the_previous_segment(tmp_path: Path) -> None:
-    flaky = FlakyAudio(fail_on={3, 4})  # call 1-2: the start segment's head and rest
+    flaky = FlakyAudio(fail_on={2, 3})  # call 1: the start segment
     stats = session(tmp_path, audio=flaky, duration=50.0, source="sim:forest").run()
     recs = records(tmp_path)
     assert stats.fallbacks == {"audio.error": 2}

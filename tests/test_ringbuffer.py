@@ -10,7 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from metabgm_edge.audio.ringbuffer import RingBuffer
+from metabgm_edge.playback.ringbuffer import RingBuffer
 
 
 def _frames(start: int, n: int) -> np.ndarray:

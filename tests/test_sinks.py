@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from audio_device import PulseSink, locate, pulse_null_sink_fixture, stop_recording  # noqa: F401 (fixture)
+from audio_helpers import render
 
 from metabgm_edge.audio import SAMPLE_RATE
-from metabgm_edge.audio import sinks as sinks_mod
-from metabgm_edge.audio.feeder import Feeder
-from metabgm_edge.audio.mixer import Mixer
-from metabgm_edge.audio.ringbuffer import RingBuffer
-from metabgm_edge.audio.sinks import (
+from metabgm_edge.audio.procedural.synth import ProceduralSynth
+from metabgm_edge.playback import sinks as sinks_mod
+from metabgm_edge.playback.feeder import Feeder
+from metabgm_edge.playback.mixer import Mixer
+from metabgm_edge.playback.ringbuffer import RingBuffer
+from metabgm_edge.playback.sinks import (
     DeviceSink,
     FileSink,
     NoOutputDevice,
@@ -31,8 +33,7 @@ from metabgm_edge.audio.sinks import (
     list_devices,
     open_sink,
 )
-from metabgm_edge.audio.synth import ProceduralSynth
-from metabgm_edge.audio.wav import WavWriter, read_wav
+from metabgm_edge.playback.wav import WavWriter, read_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 SR = SAMPLE_RATE
@@ -79,7 +80,7 @@ def test_wav_survives_a_killed_writer(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import os, signal, numpy as np
-        from metabgm_edge.audio.wav import WavWriter
+        from metabgm_edge.playback.wav import WavWriter
         rng = np.random.default_rng(5)
         audio = (0.3 * rng.standard_normal(({SR * 3}, 2))).astype(np.float32)
         w = WavWriter({str(path)!r}, {SR}, 2, sync_seconds=0.5)
@@ -187,7 +188,7 @@ def test_file_sink_unpaced_writes_exactly_the_mix(tmp_path: Path) -> None:
     anchor = None
     segments = []
     for desc in ("calm piano", "calm piano", "fast drums and synth, intense"):
-        audio, anchor = synth.render(desc, 2.0, anchor, tail=0.5, seed=1)
+        audio, anchor = render(synth, desc, 2.0, anchor, tail=0.5, seed=1)
         segments.append(audio)
     for audio in segments:
         reference.append(audio, SR // 2)
@@ -261,7 +262,7 @@ def test_open_sink_without_device_warns_once_and_writes_the_file(
 
     monkeypatch.setattr(sinks_mod, "_sounddevice", no_portaudio)
     ring = RingBuffer(SR, 2)
-    with caplog.at_level(logging.WARNING, logger="metabgm_edge.audio.sinks"):
+    with caplog.at_level(logging.WARNING, logger="metabgm_edge.playback.sinks"):
         sink = open_sink(ring, wav_path=tmp_path / "out.wav", paced=False)
     assert isinstance(sink, FileSink)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -283,8 +284,8 @@ def test_headless_machine_falls_back_to_file_in_a_fresh_process(tmp_path: Path) 
         f"""
         import logging, numpy as np
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-        from metabgm_edge.audio.ringbuffer import RingBuffer
-        from metabgm_edge.audio.sinks import open_sink
+        from metabgm_edge.playback.ringbuffer import RingBuffer
+        from metabgm_edge.playback.sinks import open_sink
         ring = RingBuffer(32000, 2)
         audio = np.full((16000, 2), 0.25, dtype=np.float32)
         ring.write(audio)
@@ -315,7 +316,7 @@ def test_headless_machine_falls_back_to_file_in_a_fresh_process(tmp_path: Path) 
 @pytest.mark.audio_device
 def test_device_output_equals_the_wav_it_tees(pulse_null_sink: PulseSink, tmp_path: Path) -> None:
     synth = ProceduralSynth()
-    music, _ = synth.render("upbeat folk, flute melody, guitar, steady drums", 3.0, None, seed=2)
+    music, _ = render(synth, "upbeat folk, flute melody, guitar, steady drums", 3.0, None, seed=2)
     # The last ~90 ms never reach the sink before the stream stops: pad with silence.
     audio = np.concatenate([music, np.zeros((round(0.3 * SR), 2), dtype=np.float32)])
     ring = RingBuffer(SR, 2)

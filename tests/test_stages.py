@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from metabgm_edge.errors import BackendError
-from metabgm_edge.profile import Profile, load_profile
+from metabgm_edge.listener_profile import Profile, load_profile
 from metabgm_edge.stages import describe, enforce_profile, limit_words, prompt_template, render_prompt
 from metabgm_edge.state import state_from_dict
 from metabgm_edge.text import StageRequest

@@ -9,11 +9,18 @@ import logging
 
 import numpy as np
 import pytest
+from audio_helpers import render
 
-from metabgm_edge.audio import SAMPLE_RATE, AudioBackend, open_audio_backend
-from metabgm_edge.audio.musicparse import parse_description
-from metabgm_edge.audio.synth import ProceduralSynth, SynthAnchor, anchor_from_bytes, anchor_to_bytes
-from metabgm_edge.audio.theory import mutate_motif, new_motif
+from metabgm_edge.audio import (
+    SAMPLE_RATE,
+    AudioBackend,
+    anchor_from_metadata,
+    anchor_to_metadata,
+    open_audio_backend,
+)
+from metabgm_edge.audio.procedural.musicparse import parse_description
+from metabgm_edge.audio.procedural.synth import ProceduralSynth, SynthAnchor
+from metabgm_edge.audio.procedural.theory import mutate_motif, new_motif
 from metabgm_edge.errors import BackendError
 
 SR = SAMPLE_RATE
@@ -33,7 +40,7 @@ def _segments(
     anchor = None
     parts = []
     for d in descriptions:
-        audio, anchor = synth.render(d, seconds, anchor, seed=seed)
+        audio, anchor = render(synth, d, seconds, anchor, seed=seed)
         parts.append(audio)
     return np.concatenate(parts)
 
@@ -91,44 +98,48 @@ def test_open_audio_backend() -> None:
 
 
 def test_render_shape_and_anchor(synth: ProceduralSynth) -> None:
-    audio, anchor = synth.render("calm piano", 2.5, None, tail=0.5, seed=1)
+    audio, anchor = render(synth, "calm piano", 2.5, None, tail=0.5, seed=1)
     assert audio.dtype == np.float32 and audio.shape == (round(3.0 * SR), 2)
     assert np.isfinite(audio).all()
     assert isinstance(anchor, SynthAnchor)
     assert anchor.sample_offset == round(2.5 * SR)  # the anchor is at `seconds`, not at the tail's end
     assert anchor.segment == 1
-    assert anchor_from_bytes(anchor_to_bytes(anchor)) == anchor
+    assert SynthAnchor.from_bytes(anchor.to_bytes()) == anchor
+    assert anchor_from_metadata(synth, anchor_to_metadata(anchor)) == anchor
+    assert "segment 1" in anchor.summary() and anchor.key in anchor.summary()
     with pytest.raises(ValueError, match="synth anchor"):
-        anchor_from_bytes(b'{"backend": "musicgen"}')
+        synth.anchor_from_bytes(b'{"segment": "one"}')
     with pytest.raises(ValueError, match="synth anchor"):
-        anchor_from_bytes(b"\x00garbage")
+        synth.anchor_from_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="damaged"):
+        anchor_from_metadata(synth, b"\x00garbage")
 
 
 def test_deterministic_for_same_inputs(synth: ProceduralSynth) -> None:
     desc = "upbeat folk, flute melody over guitar, steady drums"
-    a1, n1 = synth.render(desc, 3.0, None, tail=0.5, seed=5)
-    a2, n2 = synth.render(desc, 3.0, None, tail=0.5, seed=5)
+    a1, n1 = render(synth, desc, 3.0, None, tail=0.5, seed=5)
+    a2, n2 = render(synth, desc, 3.0, None, tail=0.5, seed=5)
     np.testing.assert_array_equal(a1, a2)
     assert n1 == n2
-    b1, _ = synth.render(desc, 3.0, n1, tail=0.5, seed=5)
-    b2, _ = synth.render(desc, 3.0, n2, tail=0.5, seed=5)
+    b1, _ = render(synth, desc, 3.0, n1, tail=0.5, seed=5)
+    b2, _ = render(synth, desc, 3.0, n2, tail=0.5, seed=5)
     np.testing.assert_array_equal(b1, b2)
-    c, _ = synth.render(desc, 3.0, None, tail=0.5, seed=6)
+    c, _ = render(synth, desc, 3.0, None, tail=0.5, seed=6)
     assert not np.array_equal(a1, c)
 
 
 def test_bad_arguments(synth: ProceduralSynth, caplog: pytest.LogCaptureFixture) -> None:
     for seconds in (0.0, -1.0, float("nan"), float("inf"), 1e6):
         with pytest.raises(ValueError, match="seconds"):
-            synth.render("calm", seconds, None)
+            render(synth, "calm", seconds, None)
     with pytest.raises(ValueError, match="tail"):
-        synth.render("calm", 1.0, None, tail=-0.5)
-    # Odd descriptions still make music; a foreign anchor starts fresh with a warning.
+        render(synth, "calm", 1.0, None, tail=-0.5)
+    # Odd descriptions still make music; another backend's anchor starts fresh, said in the log.
     for desc in ("", "\x00\x01{}[]", "x" * 100_000, None):
-        audio, _ = synth.render(desc, 1.0, None)  # type: ignore[arg-type]
+        audio, _ = render(synth, desc, 1.0, None)  # type: ignore[arg-type]
         assert np.isfinite(audio).all() and np.abs(audio).max() > 0.01
-    with caplog.at_level(logging.WARNING):
-        audio, anchor = synth.render("calm", 1.0, {"codes": [1, 2, 3]})
+    with caplog.at_level(logging.INFO):
+        audio, anchor = render(synth, "calm", 1.0, {"codes": [1, 2, 3]})
     assert "starting fresh" in caplog.text and anchor.segment == 1
 
 
@@ -166,7 +177,7 @@ def test_tempo_is_heard(synth: ProceduralSynth, description: str, bpm: float) ->
 def test_tempo_words(synth: ProceduralSynth) -> None:
     tempos = {}
     for word in ("slow", "moderate", "fast"):
-        _, anchor = synth.render(f"{word} piano and strings", 1.0, None)
+        _, anchor = render(synth, f"{word} piano and strings", 1.0, None)
         tempos[word] = anchor.tempo
     assert tempos["slow"] < 80 < tempos["moderate"] < 110 < tempos["fast"]
 
@@ -188,9 +199,9 @@ def test_drums_only_when_rhythm_is_asked_for(synth: ProceduralSynth) -> None:
         band = power[:, (f > 3000) & (f < 8000)]
         return float(np.median(np.exp(np.log(band).mean(axis=1)) / band.mean(axis=1)))
 
-    with_drums, a1 = synth.render("gentle piano and bass with a steady rhythm", 8.0, None, seed=2)
-    without, a2 = synth.render("gentle piano and bass, no drums", 8.0, None, seed=2)
-    unsaid, a3 = synth.render("gentle piano and bass", 8.0, None, seed=2)
+    with_drums, a1 = render(synth, "gentle piano and bass with a steady rhythm", 8.0, None, seed=2)
+    without, a2 = render(synth, "gentle piano and bass, no drums", 8.0, None, seed=2)
+    unsaid, a3 = render(synth, "gentle piano and bass", 8.0, None, seed=2)
     assert a1.drums is not None and a2.drums is None and a3.drums is None
     assert noisiness(with_drums) > 10 * max(noisiness(without), noisiness(unsaid))
 
@@ -212,12 +223,12 @@ def test_no_clipping_no_dc_gentle_level(synth: ProceduralSynth) -> None:
 
 
 def test_next_segment_keeps_key_and_tempo_unless_changed(synth: ProceduralSynth) -> None:
-    _, a1 = synth.render("calm piano in E major, 90 bpm", 5.0, None)
-    _, a2 = synth.render("calm piano with soft strings", 5.0, a1)
+    _, a1 = render(synth, "calm piano in E major, 90 bpm", 5.0, None)
+    _, a2 = render(synth, "calm piano with soft strings", 5.0, a1)
     assert (a2.key, a2.tempo) == ("E major", 90.0)
-    _, a3 = synth.render("calm piano in C minor, 70 bpm", 5.0, a2)
+    _, a3 = render(synth, "calm piano in C minor, 70 bpm", 5.0, a2)
     assert (a3.key, a3.tempo) == ("C minor", 70.0)
-    _, a4 = synth.render("dark and sad piano", 5.0, a1)  # mood turns minor: the relative key
+    _, a4 = render(synth, "dark and sad piano", 5.0, a1)  # mood turns minor: the relative key
     assert a4.key == "C# minor" and a4.tempo == 90.0
 
 
@@ -238,7 +249,7 @@ def test_motif_is_varied_not_restarted(synth: ProceduralSynth) -> None:
         anchor = None
         motifs = []
         for _ in range(4):
-            _, anchor = synth.render("flute melody over harp, peaceful", 6.0, anchor, seed=seed)
+            _, anchor = render(synth, "flute melody over harp, peaceful", 6.0, anchor, seed=seed)
             motifs.append(anchor.motif)
         for before, after in itertools.pairwise(motifs):
             assert after != before
@@ -268,8 +279,8 @@ def test_mutation_is_one_small_change() -> None:
 def test_boundary_is_seamless(synth: ProceduralSynth) -> None:
     """The next segment's head replays the previous tail: the crossfade joins equal signals."""
     desc = "upbeat folk, flute melody, guitar, steady drums"
-    a, anchor = synth.render(desc, 10.0, None, tail=0.5, seed=1)
-    b, _ = synth.render(desc, 10.0, anchor, tail=0.5, seed=1)
+    a, anchor = render(synth, desc, 10.0, None, tail=0.5, seed=1)
+    b, _ = render(synth, desc, 10.0, anchor, tail=0.5, seed=1)
     tail, head = a[-SR // 2 :], b[: SR // 2]
     rel = float(np.sqrt(np.mean((tail - head) ** 2)) / np.sqrt(np.mean(tail**2)))
     assert rel < 0.02
@@ -280,8 +291,8 @@ def test_boundary_is_seamless(synth: ProceduralSynth) -> None:
 
 
 def test_changed_description_starts_new_music_at_once(synth: ProceduralSynth) -> None:
-    _, anchor = synth.render("calm piano in C major, 80 bpm", 10.0, None, tail=0.5)
-    b, nxt = synth.render("intense fast battle, drums, brass, A minor, 140 bpm", 4.0, anchor, tail=0.5)
+    _, anchor = render(synth, "calm piano in C major, 80 bpm", 10.0, None, tail=0.5)
+    b, nxt = render(synth, "intense fast battle, drums, brass, A minor, 140 bpm", 4.0, anchor, tail=0.5)
     assert (nxt.key, nxt.tempo, nxt.drums) == ("A minor", 140.0, "orchestral")
     assert _key_of(b) == "A minor"
 
@@ -293,8 +304,8 @@ def test_bench_render(benchmark, synth: ProceduralSynth) -> None:  # type: ignor
     """Seconds to render one 10 s segment (+0.5 s tail) continuing from an anchor.
     Run with --benchmark-enable for the figure (pyproject disables benchmarks by default)."""
     desc = "upbeat folk, flute melody over guitar and strings, steady drums, 112 bpm"
-    _, anchor = synth.render(desc, 10.0, None, tail=0.5)  # warm the caches
-    audio, _ = benchmark(synth.render, desc, 10.0, anchor, tail=0.5)
+    _, anchor = render(synth, desc, 10.0, None, tail=0.5)  # warm the caches
+    audio, _ = benchmark(render, synth, desc, 10.0, anchor, tail=0.5)
     assert audio.shape == (round(10.5 * SR), 2)
 
 

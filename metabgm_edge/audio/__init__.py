@@ -1,52 +1,78 @@
-"""Audio generation, buffering and output.
+"""The audio interface: one request in, audio chunks out as they are ready, and a typed anchor.
 
-An audio backend renders one segment from a music description. ``anchor`` is the paper's melodic
-anchor: whatever the backend needs to continue the music in the next segment (for the
-procedural synthesizer: key, tempo, motif, last chord, phase; for MusicGen: the codes of the
-previous audio's tail). ``None`` starts fresh.
+Every audio backend follows it, and nothing outside a backend imports the backend's internals:
+
+- :class:`AudioRequest`: the description, how many seconds (plus a ``tail`` that overlaps the
+  next segment's head in the crossfade), the seed, the previous segment's :class:`Anchor`, and the
+  last seconds of what is playing (``context``), so a backend whose anchor is missing or of
+  another backend can still continue the music.
+- :meth:`AudioBackend.stream` yields :class:`AudioChunk` s in order; their frames add up to
+  ``seconds + tail``. The last one carries the anchor of the music at ``seconds`` (where the next
+  segment begins). A caller may queue the first chunk before the segment is finished.
+- :class:`Anchor`: the paper's melodic anchor, the backend's own type (the synthesizer's key,
+  tempo, motif and notes; MusicGen's codes of the last seconds), with ``to_bytes`` /
+  ``from_bytes`` and a one-line ``summary`` for logs. :func:`anchor_to_metadata` and
+  :func:`continue_from` store it in and read it from a WAV's metadata for every backend.
+
+Backends: ``synth`` (:mod:`.procedural`, numpy only, the embedded default) and MusicGen bundles
+(:mod:`.musicgen`, onnxruntime). :func:`open_audio_backend` opens either by name.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+from metabgm_edge.audio.interface import (
+    CHANNELS,
+    CONTEXT_SECONDS,
+    SAMPLE_RATE,
+    Anchor,
+    AudioBackend,
+    AudioChunk,
+    AudioRequest,
+    anchor_from_metadata,
+    anchor_to_metadata,
+    continue_from,
+    render,
+)
+from metabgm_edge.errors import BackendError
 
-SAMPLE_RATE = 32000
-CHANNELS = 2
+__all__ = [
+    "CHANNELS",
+    "CONTEXT_SECONDS",
+    "SAMPLE_RATE",
+    "Anchor",
+    "AudioBackend",
+    "AudioChunk",
+    "AudioRequest",
+    "anchor_from_metadata",
+    "anchor_to_metadata",
+    "continue_from",
+    "open_audio_backend",
+    "render",
+]
 
 
-@runtime_checkable
-class AudioBackend(Protocol):
-    name: str
-    sample_rate: int
-    channels: int
-
-    def render(
-        self, description: str, seconds: float, anchor: Any | None, *, tail: float = 0.0, seed: int = 0
-    ) -> tuple[np.ndarray, Any]:
-        """Return (audio, next_anchor).
-
-        ``audio`` is float32 of shape (frames, channels) holding ``seconds + tail`` seconds; the
-        ``tail`` overlaps the next segment's head in an equal-power crossfade. ``next_anchor``
-        describes the music at ``seconds`` (where the next segment begins).
-        """
-        ...
+# -- opening a backend ----------------------------------------------------------------------------
 
 
-def open_audio_backend(spec: str | None = None) -> AudioBackend:
-    """``None`` or ``"synth"``: the embedded procedural synthesizer (no weights).
-
-    Anything else raises BackendError saying what is available.
-    """
-    from metabgm_edge.errors import BackendError
-
+def open_audio_backend(spec: str | None = None, **options: Any) -> AudioBackend:
+    """``None`` or ``"synth"``: the embedded procedural synthesizer (no weights). A folder: a
+    MusicGen bundle made by ``metabgm-edge export musicgen``. Anything else raises BackendError
+    saying what is available. ``options`` go to the MusicGen loader (``providers``, ``threads``)."""
     name = (spec or "synth").strip()
     if name.lower() in ("synth", "procedural", "default"):
-        from metabgm_edge.audio.synth import ProceduralSynth
+        from metabgm_edge.audio.procedural import ProceduralSynth
 
         return ProceduralSynth()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        from metabgm_edge.audio.musicgen import MusicGen
+
+        return MusicGen.load(path, **options)
     raise BackendError(
-        f"unknown audio backend {spec!r}: the available backend is 'synth' (the embedded procedural "
-        "synthesizer, the default); a MusicGen ONNX bundle is not supported yet"
+        f"unknown audio backend {spec!r}: use 'synth' (the embedded procedural synthesizer, the default), "
+        "'auto', or the folder of a bundle made by 'metabgm-edge export musicgen' "
+        "(e.g. engines/musicgen-small)"
     )

@@ -143,17 +143,21 @@ def build_bundle(
         stage = Path(tmp) / out.name
         stage.mkdir()
         with steps.step("preparing the graph and quantizing " + recipe.quant):
-            io, opset = _prepare(exported, stage, model.config, recipe)
+            graph_spec, cache = _prepare(exported, stage, model.config, recipe)
 
         engine = None
         if recipe.target == "tensorrt":
             with steps.step("building the TensorRT engine (minutes)"):
                 from metabgm_edge.export.tensorrt import compile_engine
 
-                engine = compile_engine(stage, "model.onnx", io, recipe.tensorrt, f"fp16+{recipe.quant}")
+                engine = compile_engine(
+                    stage, "decoder", graph_spec, cache, recipe.tensorrt, f"fp16+{recipe.quant}"
+                )
 
         with steps.step("writing tokenizer, chat template and manifest"):
-            manifest = _write_rest(stage, out, recipe, source_path, model, tokenizer, io, engine, opset)
+            manifest = _write_rest(
+                stage, out, recipe, source_path, model, tokenizer, graph_spec, cache, engine
+            )
             steps.progress(f"      {len(manifest.files)} files, {_size(manifest) / 1e6:.1f} MB")
 
         with steps.step("checking the bundle with the runtime"):
@@ -206,7 +210,7 @@ def merge_lora(model: Any, adapter: Path) -> Any:
     return merged
 
 
-def _prepare(exported: Path, stage: Path, config: Any, recipe: Recipe) -> tuple[bundle.ModelIO, int]:
+def _prepare(exported: Path, stage: Path, config: Any, recipe: Recipe) -> tuple[bundle.Graph, bundle.KVCache]:
     import onnx
 
     from metabgm_edge.export import graph
@@ -227,9 +231,8 @@ def _prepare(exported: Path, stage: Path, config: Any, recipe: Recipe) -> tuple[
     if recipe.target == "tensorrt":
         context = min(context, recipe.tensorrt.max_total_tokens)
     heads = config.num_attention_heads
-    io = bundle.ModelIO(
-        inputs=inputs,
-        outputs=outputs,
+    graph_spec = bundle.Graph(file="model.onnx", inputs=inputs, outputs=outputs, opset=graph.opset(model))
+    cache = bundle.KVCache(
         num_layers=config.num_hidden_layers,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
@@ -238,7 +241,7 @@ def _prepare(exported: Path, stage: Path, config: Any, recipe: Recipe) -> tuple[
         vocab_size=config.vocab_size,
         context_length=context,
     )
-    return io, graph.opset(model)
+    return graph_spec, cache
 
 
 def detect_chat(tokenizer: Any, recipe: Recipe) -> bundle.Chat:
@@ -293,9 +296,10 @@ def _builtins(obj: Any) -> dict[str, Any]:
     return msgspec.to_builtins(obj)
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
+    """Versions of this package and of the export tools, for the manifest's ``versions``."""
     out = {}
-    for dist in ("torch", "transformers", "optimum-onnx", "optimum", "peft", "onnx", "gguf"):
+    for dist in ("metabgm-edge", "torch", "transformers", "optimum-onnx", "optimum", "peft", "onnx", "gguf"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -310,9 +314,9 @@ def _write_rest(
     source_path: Path,
     model: Any,
     tokenizer: Any,
-    io: bundle.ModelIO,
+    graph_spec: bundle.Graph,
+    cache: bundle.KVCache,
     engine: bundle.Engine | None,
-    opset: int,
 ) -> bundle.Manifest:
     import onnxruntime
 
@@ -324,7 +328,7 @@ def _write_rest(
         kind="llm",
         name=recipe.name or out.name,
         created=bundle.utc_now(),
-        source=bundle.Source(
+        source=bundle.ModelSource(
             model=recipe.model or str(source_path),
             model_sha256=bundle.sha256_of(source_path) if source_path.is_file() else None,
             adapter=recipe.lora,
@@ -332,13 +336,10 @@ def _write_rest(
         ),
         quantization=recipe.quant,
         target=recipe.target,
-        opset=opset,
-        onnxruntime_version=onnxruntime.__version__,
-        exporter=_versions(),
-        io=io,
-        generation=_generation(recipe, model, tokenizer, chat),
-        chat=chat,
-        engine=engine,
+        versions={"onnxruntime": onnxruntime.__version__, **versions()},
+        graphs={"decoder": graph_spec},
+        engines=[engine] if engine else [],
+        llm=bundle.LLMSection(cache=cache, generation=_generation(recipe, model, tokenizer, chat), chat=chat),
     )
     return bundle.write_manifest(stage, manifest)
 

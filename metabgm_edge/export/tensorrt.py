@@ -1,9 +1,10 @@
-"""Compiling a bundle's decoder into a TensorRT engine through onnxruntime's TensorRT provider.
+"""Compiling a bundle's graphs into TensorRT engines through onnxruntime's TensorRT provider.
 
-The engine is written as an EPContext model (``trt_dump_ep_context_model``): a small ONNX file whose
-node points at the serialized engine beside it. onnxruntime loads it like any model and skips
-the build. The engine is built for one fixed shape profile (batch 1, prompt and total lengths from
-the recipe), with a timing cache reused across exports on the same GPU.
+Each engine is written as an EPContext model (``trt_dump_ep_context_model``): a small ONNX file
+whose node points at the serialized engine beside it. onnxruntime loads it like any model and
+skips the build. An engine is built for one fixed shape profile (for the LLM decoder: batch 1,
+prompt and total lengths from the recipe; for MusicGen: the guidance batch and the segment
+length), with a timing cache reused across exports on the same GPU.
 
 Nothing here is simulated: :func:`require_tensorrt` fails at once, before any model is loaded,
 when this machine lacks onnxruntime's TensorRT provider, a CUDA GPU or the TensorRT libraries.
@@ -14,13 +15,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from metabgm_edge.bundle import Engine, ModelIO, ShapeProfile
+from metabgm_edge.bundle import Engine, Graph, KVCache, ShapeProfile
 from metabgm_edge.export.recipe import RecipeError, TensorRTOptions
-from metabgm_edge.llm import device
+from metabgm_edge.ort import device
 
 log = logging.getLogger(__name__)
-
-CONTEXT_MODEL = "model_ctx.onnx"
 
 
 def require_tensorrt() -> tuple[str, device.Gpu]:
@@ -51,30 +50,25 @@ def require_tensorrt() -> tuple[str, device.Gpu]:
     return version, gpu
 
 
-def shape_profile(io: ModelIO, options: TensorRTOptions) -> ShapeProfile:
-    """One profile: prompt of 1..max_prompt tokens, past of 0..max_total-1 tokens, batch 1."""
-    kv = [io.num_kv_heads, io.head_dim]
-    lo: dict[str, list[int]] = {}
-    opt: dict[str, list[int]] = {}
-    hi: dict[str, list[int]] = {}
-    for name in io.inputs:
-        if name in ("input_ids", "position_ids"):
-            lo[name], opt[name], hi[name] = (
-                [1, 1],
-                [1, options.opt_prompt_tokens],
-                [1, options.max_prompt_tokens],
-            )
-        elif name == "attention_mask":
-            lo[name], opt[name], hi[name] = (
-                [1, 1],
-                [1, options.opt_total_tokens],
-                [1, options.max_total_tokens],
-            )
-        elif name.startswith("past_key_values"):
-            lo[name] = [1, kv[0], 0, kv[1]]
-            opt[name] = [1, kv[0], options.opt_total_tokens - 1, kv[1]]
-            hi[name] = [1, kv[0], options.max_total_tokens - 1, kv[1]]
-    return ShapeProfile(min=lo, opt=opt, max=hi)
+def shape_profile(graph: Graph, cache: KVCache, options: TensorRTOptions) -> ShapeProfile:
+    """The LLM decoder's one profile (batch 1): a prompt of 1..max_prompt tokens, a past of
+    0..max_total-1 tokens. Every corner is a shape the graph can really take: the attention mask
+    covers past + input (min 0 + 1, opt (T-P) + P = T, max (T-1) + P), so TensorRT can build it."""
+    kv = [cache.num_kv_heads, cache.head_dim]
+    p_opt, p_max = options.opt_prompt_tokens, options.max_prompt_tokens
+    t_opt, t_max = options.opt_total_tokens, options.max_total_tokens
+    past = {"min": 0, "opt": t_opt - p_opt, "max": t_max - 1}
+    new = {"min": 1, "opt": p_opt, "max": p_max}
+    shapes: dict[str, dict[str, list[int]]] = {"min": {}, "opt": {}, "max": {}}
+    for corner, table in shapes.items():
+        for name in graph.inputs:
+            if name in ("input_ids", "position_ids"):
+                table[name] = [1, new[corner]]
+            elif name == "attention_mask":
+                table[name] = [1, past[corner] + new[corner]]
+            elif name.startswith("past_key_values"):
+                table[name] = [1, kv[0], past[corner], kv[1]]
+    return ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
 
 
 def _shapes(shapes: dict[str, list[int]]) -> str:
@@ -82,49 +76,69 @@ def _shapes(shapes: dict[str, list[int]]) -> str:
 
 
 def compile_engine(
-    folder: Path, model_file: str, io: ModelIO, options: TensorRTOptions, precision: str
+    folder: Path,
+    graph_name: str,
+    graph: Graph,
+    cache: KVCache | None,
+    options: TensorRTOptions,
+    precision: str,
+    profile: ShapeProfile | None = None,
 ) -> Engine:
-    """Build the engine for ``folder/model_file``; writes ``model_ctx.onnx`` and the engine beside it."""
+    """Build the engine for ``folder/graph.file``; writes ``<graph>_ctx.onnx`` and the engine beside it.
+
+    ``profile`` is the graph's fixed shape profile; for the LLM decoder it is derived from the
+    recipe's ``[tensorrt]`` table. The engine cache path is left to onnxruntime, which puts the
+    engine beside the context model and names it relatively, so the bundle can be moved.
+    """
     import onnxruntime as ort
 
+    from metabgm_edge.ort.session import create_session, trt_options
+
     version, gpu = require_tensorrt()
-    profile = shape_profile(io, options)
+    if profile is None:
+        if cache is None:
+            raise RecipeError(f"no shape profile for graph {graph_name}")
+        profile = shape_profile(graph, cache, options)
     timing_cache = Path(options.timing_cache).expanduser()
     timing_cache.mkdir(parents=True, exist_ok=True)
-    provider_options = {
-        "device_id": str(gpu.index),
-        "trt_fp16_enable": "1",
-        "trt_engine_cache_enable": "1",
-        "trt_engine_cache_path": str(folder),
-        "trt_timing_cache_enable": "1",
-        "trt_timing_cache_path": str(timing_cache),
-        "trt_dump_ep_context_model": "1",
-        "trt_ep_context_file_path": str(folder / CONTEXT_MODEL),
-        "trt_ep_context_embed_mode": "0",
-        "trt_builder_optimization_level": str(options.builder_optimization_level),
-        "trt_max_workspace_size": str(int(options.workspace_gb * (1 << 30))),
-        "trt_profile_min_shapes": _shapes(profile.min),
-        "trt_profile_opt_shapes": _shapes(profile.opt),
-        "trt_profile_max_shapes": _shapes(profile.max),
-    }
+    context_file = f"{Path(graph.file).stem}_ctx.onnx"
+    provider_options = trt_options(
+        device_id=gpu.index,
+        trt_fp16_enable=True,
+        trt_engine_cache_enable=True,
+        trt_timing_cache_enable=True,
+        trt_timing_cache_path=str(timing_cache),
+        trt_dump_ep_context_model=True,
+        trt_ep_context_file_path=str(folder / context_file),
+        trt_ep_context_embed_mode=0,
+        trt_builder_optimization_level=options.builder_optimization_level,
+        trt_max_workspace_size=int(options.workspace_gb * (1 << 30)),
+        trt_profile_min_shapes=_shapes(profile.min),
+        trt_profile_opt_shapes=_shapes(profile.opt),
+        trt_profile_max_shapes=_shapes(profile.max),
+    )
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 2
-    session = ort.InferenceSession(
-        str(folder / model_file),
-        session_options,
-        providers=[("TensorrtExecutionProvider", provider_options), "CUDAExecutionProvider"],
-    )
+    try:
+        session = create_session(
+            folder / graph.file,
+            session_options,
+            [("TensorrtExecutionProvider", provider_options), "CUDAExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime raises several unrelated classes here
+        raise RecipeError(f"TensorRT could not build the engine for {graph_name}: {exc}") from None
     if session.get_providers()[0] != "TensorrtExecutionProvider":
         raise RecipeError(
             f"onnxruntime did not use TensorRT (it ran {session.get_providers()}): check that "
             "libnvinfer.so.10 and the CUDA libraries load (onnxruntime logs the reason above)"
         )
     del session
-    if not (folder / CONTEXT_MODEL).is_file():
-        raise RecipeError(f"TensorRT built no EPContext model at {folder / CONTEXT_MODEL}")
-    relocate_engines(folder / CONTEXT_MODEL)
+    if not (folder / context_file).is_file():
+        raise RecipeError(f"TensorRT built no EPContext model at {folder / context_file}")
+    relocate_engines(folder / context_file)
     return Engine(
-        model_file=CONTEXT_MODEL,
+        graph=graph_name,
+        model_file=context_file,
         tensorrt_version=version,
         gpu_arch=gpu.arch,
         gpu_name=gpu.name,

@@ -4,10 +4,10 @@
     llm = LLM.load("engines/smollm2-135m-int8")
     print(llm.chat([ChatMessage("user", "Describe a rainy forest.")]).text)
 
-:class:`LLMText` is the same model behind the two stages' text interface.
+The text stages reach it through :class:`metabgm_edge.text.llm.LLMText`; nothing here knows
+about them.
 """
 
-from metabgm_edge.llm.backend import LLMText
 from metabgm_edge.llm.runtime import LLM, DecodeState, GenerationConfig, GenerationResult
 
-__all__ = ["LLM", "DecodeState", "GenerationConfig", "GenerationResult", "LLMText"]
+__all__ = ["LLM", "DecodeState", "GenerationConfig", "GenerationResult"]

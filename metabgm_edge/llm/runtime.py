@@ -1,7 +1,7 @@
 """The generation loop: a bundle's ONNX decoder with its KV cache, on onnxruntime alone.
 
 ``LLM.load(folder)`` verifies the bundle, opens the session on the best provider (see
-:mod:`metabgm_edge.llm.providers`) and the tokenizer. ``LLM.stream`` is a generator of token ids:
+:mod:`metabgm_edge.ort.session`) and the tokenizer. ``LLM.stream`` is a generator of token ids:
 nothing runs until it is iterated. ``LLM.generate`` / ``LLM.chat`` collect a
 :class:`GenerationResult` with timings.
 
@@ -16,24 +16,23 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final, Literal
+from typing import Literal
 
 import msgspec
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from metabgm_edge.bundle import Manifest, open_bundle
+from metabgm_edge.bundle import LLMSection, Manifest, open_bundle
 from metabgm_edge.errors import BundleError
 from metabgm_edge.llm import chat as templates
 from metabgm_edge.llm import sampling
-from metabgm_edge.llm.providers import OpenedSession, open_session
+from metabgm_edge.ort import binding
+from metabgm_edge.ort.session import OpenedSession, open_graph
 
 log = logging.getLogger(__name__)
 
 StopReason = Literal["stop_token", "stop_string", "max_new_tokens", "context"]
-
-_NP_DTYPE: Final = {"float32": np.float32, "float16": np.float16}
 
 
 class GenerationConfig(msgspec.Struct, kw_only=True, frozen=True):
@@ -66,10 +65,9 @@ class DecodeState:
 
     def __init__(self, llm: LLM) -> None:
         self._llm = llm
-        io = llm.manifest.io
-        shape = [1, io.num_kv_heads, 0, io.head_dim]
-        empty = ort.OrtValue.ortvalue_from_shape_and_type(shape, _NP_DTYPE[io.kv_dtype], llm.device, 0)
-        self._past: list[ort.OrtValue] = [empty] * (2 * io.num_layers)
+        cache = llm.section.cache
+        empty = binding.empty([1, cache.num_kv_heads, 0, cache.head_dim], cache.kv_dtype, llm.device)
+        self._past: list[ort.OrtValue] = [empty] * (2 * cache.num_layers)
         self.length = 0
 
     def forward(self, ids: Sequence[int]) -> np.ndarray:
@@ -89,26 +87,19 @@ class DecodeState:
 
     def _run(self, ids: Sequence[int]) -> np.ndarray:
         llm = self._llm
-        binding = llm.session.io_binding()
         n = len(ids)
         feeds = {
             "input_ids": np.asarray([ids], dtype=np.int64),
             "attention_mask": np.ones((1, self.length + n), dtype=np.int64),
             "position_ids": np.arange(self.length, self.length + n, dtype=np.int64)[None, :],
         }
-        for name, array in feeds.items():
-            if name in llm.input_names:
-                binding.bind_cpu_input(name, array)
-        for name, value in zip(llm.past_names, self._past, strict=True):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output("logits", "cpu")
-        for name in llm.present_names:
-            binding.bind_output(name, llm.device, 0)
-        llm.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        self._past = list(outputs[1:])
+        step = binding.Step(llm.session, llm.device)
+        step.host({k: v for k, v in feeds.items() if k in llm.input_names})
+        step.values(dict(zip(llm.past_names, self._past, strict=True)))
+        outputs = step.out_host(["logits"]).out_device(llm.present_names).run()
+        self._past = [outputs[name] for name in llm.present_names]
         self.length += n
-        return np.asarray(outputs[0].numpy()[0, -1], dtype=np.float32)
+        return np.asarray(outputs["logits"].numpy()[0, -1], dtype=np.float32)
 
 
 class LLM:
@@ -117,40 +108,42 @@ class LLM:
     def __init__(self, folder: Path, manifest: Manifest, opened: OpenedSession, tokenizer: Tokenizer) -> None:
         self.folder = folder
         self.manifest = manifest
+        assert manifest.llm is not None  # open_bundle checked the kind
+        self.section: LLMSection = manifest.llm
         self.session = opened.session
         self.provider = opened.provider
         self.device = opened.device
         self.skipped_providers = opened.skipped
         self.tokenizer = tokenizer
-        io = manifest.io
-        self.input_names = {i.name for i in self.session.get_inputs()}
-        output_names = [o.name for o in self.session.get_outputs()]
+        cache = self.section.cache
+        self.input_names = set(opened.input_names)
+        output_names = opened.output_names
         self.past_names = [
             template.format(layer=layer)
-            for layer in range(io.num_layers)
-            for template in (io.past_key, io.past_value)
+            for layer in range(cache.num_layers)
+            for template in (cache.past_key, cache.past_value)
         ]
         self.present_names = [
             template.format(layer=layer)
-            for layer in range(io.num_layers)
-            for template in (io.present_key, io.present_value)
+            for layer in range(cache.num_layers)
+            for template in (cache.present_key, cache.present_value)
         ]
         missing = [n for n in ("input_ids", "attention_mask", *self.past_names) if n not in self.input_names]
         missing += [n for n in ("logits", *self.present_names) if n not in output_names]
-        listed = sorted(self.input_names) == sorted(io.inputs) and sorted(output_names) == sorted(io.outputs)
-        if missing or not listed:
+        if missing:
             raise BundleError(
-                f"{opened.model_file} does not have the inputs and outputs its manifest lists "
-                f"(missing {missing[:4]}{'...' if len(missing) > 4 else ''}): the bundle is mismatched; "
-                "re-export it"
+                f"{opened.model_file} lacks the KV cache its manifest describes (missing {missing[:4]}"
+                f"{'...' if len(missing) > 4 else ''}): the bundle is mismatched; re-export it"
             )
-        self.context_length = io.context_length
+        self.context_length = cache.context_length
         self.max_chunk: int | None = None
         """Longest piece of prompt one step takes: the TensorRT profile's maximum, else unlimited."""
-        if opened.provider == "tensorrt" and manifest.engine and manifest.engine.shape_profiles:
-            self.max_chunk = manifest.engine.shape_profiles[0].max.get("input_ids", [1, 0])[1] or None
-        stop_ids = set(manifest.generation.stop_token_ids)
-        end = tokenizer.token_to_id(templates.end_marker(manifest.chat.template, manifest.chat.eos_token))
+        engine = manifest.engine_for("decoder")
+        if opened.provider == "tensorrt" and engine and engine.shape_profiles:
+            self.max_chunk = engine.shape_profiles[0].max.get("input_ids", [1, 0])[1] or None
+        chat = self.section.chat
+        stop_ids = set(self.section.generation.stop_token_ids)
+        end = tokenizer.token_to_id(templates.end_marker(chat.template, chat.eos_token))
         if end is not None:
             stop_ids.add(end)
         self.stop_token_ids = frozenset(stop_ids)
@@ -163,11 +156,13 @@ class LLM:
         folder = Path(path)
         t0 = time.perf_counter()
         manifest = open_bundle(folder, "llm")
-        opened = open_session(folder, manifest, providers=providers, threads=threads)
+        opened = open_graph(folder, manifest, "decoder", providers=providers, threads=threads)
+        assert manifest.llm is not None
+        tokenizer_path = folder / manifest.llm.tokenizer_file
         try:
-            tokenizer = Tokenizer.from_file(str(folder / manifest.tokenizer_file))
+            tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
-            raise BundleError(f"{folder / manifest.tokenizer_file} is not a valid tokenizer: {exc}") from None
+            raise BundleError(f"{tokenizer_path} is not a valid tokenizer: {exc}") from None
         llm = cls(folder, manifest, opened, tokenizer)
         log.info(
             "loaded %s (%s, %s) on %s in %.2f s",
@@ -182,7 +177,7 @@ class LLM:
     # -- text <-> ids ------------------------------------------------------------------------------
 
     def render_chat(self, messages: Sequence[templates.Message]) -> str:
-        c = self.manifest.chat
+        c = self.section.chat
         return templates.render(
             c.template,
             messages,
@@ -206,7 +201,7 @@ class LLM:
     def stream(self, prompt_ids: Sequence[int], config: GenerationConfig | None = None) -> Iterator[int]:
         """Yield new token ids one by one; the generator's return value is the stop reason."""
         cfg = config or GenerationConfig()
-        g = self.manifest.generation
+        g = self.section.generation
         max_new = g.max_new_tokens if cfg.max_new_tokens is None else cfg.max_new_tokens
         if max_new < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new}")
@@ -230,7 +225,7 @@ class LLM:
                 f"{top_p}, {penalty}"
             )
         rng = np.random.Generator(np.random.PCG64(cfg.seed))
-        seen = np.zeros(self.manifest.io.vocab_size, dtype=bool)
+        seen = np.zeros(self.section.cache.vocab_size, dtype=bool)
         seen[np.asarray(prompt_ids, dtype=np.int64)] = True
         state = self.start()
         logits = state.forward(prompt_ids)
@@ -284,7 +279,7 @@ class LLM:
         for s in (
             config.stop_strings
             if config and config.stop_strings is not None
-            else self.manifest.generation.stop_strings
+            else self.section.generation.stop_strings
         ):
             if s in text:
                 text = text[: text.index(s)]

@@ -571,7 +571,6 @@ def _peer(addr: Any) -> str:
     return str(addr) if addr else "?"
 
 
-
 def _rxq_ovfl_option() -> int | None:
     """SO_RXQ_OVFL (the kernel's per-socket drop counter), where its number is known."""
     value = getattr(socket, "SO_RXQ_OVFL", None)

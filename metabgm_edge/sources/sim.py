@@ -196,7 +196,10 @@ class SimSource(Source):
             status=status,
             movement=Movement(state=move, speed=SPEED[move]),
             position=Position(
-                x=self._x + 0.123456789, y=sc.y, z=self._z - 0.987654321, depth=sc.depth,
+                x=self._x + 0.123456789,
+                y=sc.y,
+                z=self._z - 0.987654321,
+                depth=sc.depth,
             ),
             hostiles=hostiles,
             attacked=attacked,

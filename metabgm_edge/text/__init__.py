@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from msgspec import Struct
 
 from metabgm_edge.errors import BackendError
-from metabgm_edge.profile import DEFAULT_PROFILE, Profile
+from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 
 Stage = Literal["narrative", "description", "direct"]
 
@@ -54,7 +54,7 @@ def open_text_backend(spec: str | None = None) -> TextBackend:
         return Composer()
     path = Path(spec)
     if path.is_dir():
-        from metabgm_edge.llm import LLMText
+        from metabgm_edge.text.llm import LLMText
 
         return LLMText.load(path)
     raise BackendError(

@@ -28,9 +28,9 @@ import zlib
 from typing import Final
 
 from metabgm_edge.text import StageRequest
+from metabgm_edge.text.music_plan import Avoid, Plan, Voice, plan_music
 from metabgm_edge.text.narrative import write_narrative
 from metabgm_edge.text.scene_view import SceneView, read_scene
-from metabgm_edge.text.score import Avoid, Plan, Voice, plan_music
 from metabgm_edge.text.vocabulary import Vocabulary, load_vocabulary
 
 log = logging.getLogger(__name__)

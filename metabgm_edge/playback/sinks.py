@@ -1,6 +1,6 @@
 """Where the mixed stream goes: a PortAudio device, a WAV file, or both at once.
 
-All sinks consume the same :class:`~metabgm_edge.audio.ringbuffer.RingBuffer`:
+All sinks consume the same :class:`~metabgm_edge.playback.ringbuffer.RingBuffer`:
 
 - :class:`DeviceSink`: a sounddevice ``OutputStream`` whose callback reads the ring (no lock, no
   sample allocation, never raises, counts PortAudio's underflow flags). With a WAV path it tees:
@@ -30,9 +30,9 @@ from typing import Any, Literal
 import numpy as np
 from msgspec import Struct
 
-from metabgm_edge.audio import CHANNELS, SAMPLE_RATE
-from metabgm_edge.audio.ringbuffer import RingBuffer
-from metabgm_edge.audio.wav import WavWriter
+from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE
+from metabgm_edge.playback.ringbuffer import RingBuffer
+from metabgm_edge.playback.wav import WavWriter
 
 __all__ = [
     "DeviceInfo",
@@ -89,6 +89,7 @@ class Sink:
 
     kind: Literal["device", "file", "null"]
     wav_path: Path | None
+    _metadata: bytes | None = None
 
     def start(self) -> None:
         raise NotImplementedError
@@ -98,6 +99,10 @@ class Sink:
 
     def stats(self) -> SinkStats:
         raise NotImplementedError
+
+    def set_metadata(self, data: bytes) -> None:
+        """Store ``data`` in the WAV's metadata chunk when the sink closes (no WAV: ignored)."""
+        self._metadata = bytes(data)
 
     def close(self) -> None:
         self.stop(drain=False)
@@ -362,6 +367,8 @@ class DeviceSink(Sink):
                 "device stopped after %d callbacks: %s", cb.callbacks, flags
             )
         if self._tap_writer is not None:
+            if self._metadata is not None:
+                self._tap_writer.writer.set_metadata(self._metadata)
             self._tap_writer.close()
             self._tap_writer = None
             if self._tap is not None and self._tap.overflow_frames:
@@ -484,6 +491,8 @@ class FileSink(Sink):
             self._thread.join()
             self._thread = None
         if self._writer is not None:
+            if self._metadata is not None:
+                self._writer.set_metadata(self._metadata)
             self._writer.close()
             self._writer = None
 

@@ -30,16 +30,18 @@ from __future__ import annotations
 import logging
 import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import msgspec
 import numpy as np
 from msgspec import Struct
 
-from metabgm_edge.audio import CHANNELS, SAMPLE_RATE
-from metabgm_edge.audio.musicparse import MusicSpec, parse_description
-from metabgm_edge.audio.theory import (
+from metabgm_edge.audio.dsp import crossfade
+from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE, AudioChunk, AudioRequest
+from metabgm_edge.audio.procedural.musicparse import MusicSpec, parse_description
+from metabgm_edge.audio.procedural.theory import (
     MINOR_LIKE,
     MODES,
     Chord,
@@ -53,9 +55,9 @@ from metabgm_edge.audio.theory import (
     steps_to_midi,
     voice_chord,
 )
-from metabgm_edge.audio.voices import DRUMS, Room, limit, note_extent, remove_dc, render_note
+from metabgm_edge.audio.procedural.voices import DRUMS, Room, limit, note_extent, remove_dc, render_note
 
-__all__ = ["Note", "ProceduralSynth", "SynthAnchor", "anchor_from_bytes", "anchor_to_bytes"]
+__all__ = ["Note", "ProceduralSynth", "SynthAnchor"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,8 @@ SR: Final = SAMPLE_RATE
 PREROLL_S: Final = 2.0
 PHRASE_BARS: Final = 4
 MAX_SECONDS: Final = 600.0
+JOIN_S: Final = 0.5
+"""Crossfade inside a segment streamed in two pieces (a short head first, then the rest)."""
 
 _TONICS_MAJOR: Final = (0, 2, 3, 5, 7, 9)  # C D Eb F G A
 _TONICS_MINOR: Final = (9, 2, 4, 0, 7)  # A D E C G
@@ -103,6 +107,7 @@ class Note(Struct, array_like=True, frozen=True):
 class SynthAnchor(Struct, frozen=True, kw_only=True):
     """The music at a segment boundary (what the next segment needs to continue it)."""
 
+    kind: ClassVar[str] = "synth"
     version: int = 1
     segment: int
     """Index of the segment that starts here."""
@@ -137,35 +142,26 @@ class SynthAnchor(Struct, frozen=True, kw_only=True):
     def key(self) -> str:
         return f"{pitch_class_name(self.tonic)} {self.mode}"
 
-    def summary(self) -> dict[str, Any]:
-        """Small, loggable view (for the session log)."""
-        return {
-            "segment": self.segment,
-            "key": self.key,
-            "tempo": round(self.tempo, 1),
-            "meter": self.meter,
-            "beat": round(self.beat, 3),
-            "energy": round(self.energy, 2),
-            "drums": self.drums,
-            "instruments": list(self.instruments),
-            "motif": [list(m) for m in self.motif],
-        }
+    def summary(self) -> str:
+        """One line for logs: where the music is and what plays."""
+        drums = f", {self.drums} drums" if self.drums else ""
+        return (
+            f"segment {self.segment}: {self.key}, {self.tempo:.0f} BPM in {self.meter}, "
+            f"beat {self.beat:.2f}, "
+            f"energy {self.energy:.2f}{drums}, {'+'.join(self.instruments)}"
+        )
 
+    def to_bytes(self) -> bytes:
+        """JSON bytes (what a WAV's metadata chunk stores for ``render --continue-from``)."""
+        return msgspec.json.encode(self)
 
-def anchor_to_bytes(anchor: SynthAnchor) -> bytes:
-    """JSON bytes of an anchor (stored in a WAV's metadata chunk for ``render --continue-from``)."""
-    return msgspec.json.encode({"backend": "synth", "anchor": anchor})
-
-
-def anchor_from_bytes(data: bytes) -> SynthAnchor:
-    """Inverse of :func:`anchor_to_bytes`; ValueError naming the problem otherwise."""
-    try:
-        wrapper = msgspec.json.decode(data)
-        if not isinstance(wrapper, dict) or wrapper.get("backend") != "synth":
-            raise ValueError("the metadata does not hold a synth anchor")
-        return msgspec.convert(wrapper["anchor"], SynthAnchor)
-    except (msgspec.DecodeError, msgspec.ValidationError, KeyError) as exc:
-        raise ValueError(f"not a valid synth anchor: {exc}") from exc
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SynthAnchor:
+        """Inverse of :meth:`to_bytes`; ValueError naming the problem otherwise."""
+        try:
+            return msgspec.json.decode(data, type=cls)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise ValueError(f"not a valid synth anchor: {exc}") from None
 
 
 @dataclass
@@ -210,18 +206,54 @@ class _PlanState:
 
 
 class ProceduralSynth:
-    """The default audio backend (``name = "synth"``)."""
+    """The default audio backend (``name = "synth"``): :meth:`stream` is the audio interface."""
 
     name = "synth"
+    kind = "synth"
     sample_rate = SAMPLE_RATE
     channels = CHANNELS
 
     def __init__(self) -> None:
         self._room = Room()
 
-    # -- public ---------------------------------------------------------------------------------
-    def render(
-        self, description: str, seconds: float, anchor: Any | None, *, tail: float = 0.0, seed: int = 0
+    # -- the audio interface --------------------------------------------------------------------
+    def stream(self, request: AudioRequest) -> Iterator[AudioChunk]:
+        """One chunk, or with ``request.first_chunk`` a short head first and then the rest (the
+        rest continues from the head's anchor; the two are crossfaded inside the segment)."""
+        anchor = request.anchor
+        if anchor is not None and not isinstance(anchor, SynthAnchor):
+            log.info(
+                "not a synth anchor (%s): starting fresh", getattr(anchor, "kind", type(anchor).__name__)
+            )
+            anchor = None
+        head = float(request.first_chunk)
+        if head > 0.0 and head + 1.0 < request.seconds:
+            first, middle = self._render(request.description, head, anchor, tail=JOIN_S, seed=request.seed)
+            cut = first.shape[0] - round(JOIN_S * SR)
+            yield AudioChunk(audio=first[:cut])
+            rest, end = self._render(
+                request.description, request.seconds - head, middle, tail=request.tail, seed=request.seed
+            )
+            k = first.shape[0] - cut
+            joined = crossfade(first[cut:], rest[:k])
+            yield AudioChunk(audio=np.concatenate([joined, rest[k:]]), last=True, anchor=end)
+            return
+        audio, end = self._render(request.description, request.seconds, anchor, tail=request.tail,
+                                  seed=request.seed)  # fmt: skip
+        yield AudioChunk(audio=audio, last=True, anchor=end)
+
+    def anchor_from_bytes(self, data: bytes) -> SynthAnchor:
+        return SynthAnchor.from_bytes(data)
+
+    # -- rendering one piece --------------------------------------------------------------------
+    def _render(
+        self,
+        description: str,
+        seconds: float,
+        anchor: SynthAnchor | None,
+        *,
+        tail: float = 0.0,
+        seed: int = 0,
     ) -> tuple[np.ndarray, SynthAnchor]:
         """Render ``seconds + tail`` seconds; the anchor returned describes the music at ``seconds``."""
         seconds = float(seconds)
@@ -231,11 +263,6 @@ class ProceduralSynth:
         if not math.isfinite(tail) or not 0.0 <= tail <= 30.0:
             raise ValueError(f"tail must be in [0, 30] seconds, got {tail}")
         description = str(description or "")[:2000]
-        if anchor is not None and not isinstance(anchor, SynthAnchor):
-            log.warning(
-                "ignoring an anchor of type %s (not a synth anchor); starting fresh", type(anchor).__name__
-            )
-            anchor = None
         frames = max(1, round(seconds * SR))
         tail_frames = round(tail * SR)
         spec = parse_description(description)

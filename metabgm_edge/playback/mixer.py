@@ -2,15 +2,14 @@
 
 Every segment arrives with a *tail*: its last ``tail_frames`` frames are the music continuing past
 the segment's end and overlap the next segment's head. The mixer plays a segment's body, holds
-its tail back, and when the next segment comes it crossfades tail and head, so no join has a gap
-or a step.
+its tail back, and when the next segment comes it crossfades tail and head
+(:func:`metabgm_edge.audio.dsp.crossfade`), so no join has a gap or a step.
 
-The crossfade is equal-power (cos/sin gains) for unrelated signals, the case of a scene change
-or another backend. When the two sides are correlated (the synthesizer continuing the same
-music, which re-renders the notes still sounding), plain equal power would swell by up to 3 dB in
-the middle, so the gains are normalised by the measured correlation ``r`` of the overlap:
-``a² + b² + 2·r·a·b = 1`` keeps the expected power constant for any ``r`` in [0, 1] (``r = 0``
-is exactly equal power, ``r = 1`` equal gain).
+Segments may arrive whole (:meth:`Mixer.append`, :meth:`Mixer.transition`) or streamed, chunk by
+chunk as a backend yields them (:meth:`Mixer.begin` returns a :class:`StreamedSegment`): the
+join happens as soon as the first chunk is in, so the music can start before the segment is
+finished. A streamed segment keeps its last ``tail_frames`` back until the next chunk shows they
+were not the tail.
 
 Thread-safe: the scheduler appends from one thread while a feeder thread reads; one lock guards
 the queue. Nothing here runs in the audio callback (that is the ring buffer's job).
@@ -21,10 +20,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["Mixer", "MixerStats", "crossfade"]
+from metabgm_edge.audio.dsp import crossfade, fade
+
+__all__ = ["Join", "Mixer", "MixerStats", "StreamedSegment"]
+
+Join = Literal["append", "transition"]
 
 log = logging.getLogger(__name__)
 
@@ -48,42 +52,6 @@ class MixerStats:
         return {k: getattr(self, k) for k in self.__slots__}
 
 
-def crossfade(out_audio: np.ndarray, in_audio: np.ndarray, *, correlation: float | None = None) -> np.ndarray:
-    """Crossfade ``out_audio`` into ``in_audio`` (same shape); return a new float32 array.
-
-    ``correlation`` None measures it on the overlap; it is clamped to [0, 1].
-    """
-    n = out_audio.shape[0]
-    if n == 0:
-        return in_audio.astype(np.float32, copy=True)
-    if correlation is None:
-        correlation = _correlation(out_audio, in_audio)
-    r = min(1.0, max(0.0, float(correlation)))
-    p = (np.arange(n, dtype=np.float64) + 0.5) / n
-    u = np.cos(0.5 * np.pi * p)
-    v = np.sin(0.5 * np.pi * p)
-    s = 1.0 / np.sqrt(u * u + v * v + 2.0 * r * u * v)
-    a = (u * s).astype(np.float32)[:, None]
-    b = (v * s).astype(np.float32)[:, None]
-    return out_audio * a + in_audio * b
-
-
-def _correlation(x: np.ndarray, y: np.ndarray) -> float:
-    xx = float(np.vdot(x, x))
-    yy = float(np.vdot(y, y))
-    if xx <= 1e-12 or yy <= 1e-12:
-        return 0.0
-    return float(np.vdot(x, y)) / np.sqrt(xx * yy)
-
-
-def _fade(audio: np.ndarray, *, out: bool) -> np.ndarray:
-    """Equal-power fade-in or fade-out over the whole of ``audio``."""
-    n = audio.shape[0]
-    p = (np.arange(n, dtype=np.float64) + 0.5) / n
-    g = np.cos(0.5 * np.pi * p) if out else np.sin(0.5 * np.pi * p)
-    return audio * g.astype(np.float32)[:, None]
-
-
 class Mixer:
     """Queue of segments in, one continuous float32 stream (frames, channels) out."""
 
@@ -103,6 +71,7 @@ class Mixer:
         self._last_tail = 0
         self._silent = True  # nothing audible is playing (start, or after a starvation fade-out)
         self._starving = False
+        self._open: StreamedSegment | None = None  # a streamed segment still arriving
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.channels), dtype=np.float32)
@@ -119,6 +88,17 @@ class Mixer:
         return audio
 
     # -- producer side ------------------------------------------------------------------------
+    def context(self, seconds: float) -> np.ndarray | None:
+        """The last ``seconds`` of the music a new segment follows: the end of the last segment's
+        body (before its tail), or None before the first segment. What a backend continues from
+        when it cannot use the anchor it was given."""
+        with self._lock:
+            last, tail = self._last, self._last_tail
+            if last is None:
+                return None
+            body = last[: last.shape[0] - tail] if tail else last
+            return body[-round(seconds * self.sample_rate) :].copy()
+
     @property
     def queued_seconds(self) -> float:
         """Seconds ready to play before the held tail (what the scheduler may count on)."""
@@ -138,40 +118,41 @@ class Mixer:
         with self._lock:
             if self._held.shape[0] > 0:
                 k = min(self.crossfade_frames, self._held.shape[0])
-                self._push(_fade(self._held[:k], out=True))
+                self._push(fade(self._held[:k], out=True))
                 self._held = self._empty()
             self._silent = True
 
-    def append(self, audio: np.ndarray, tail_frames: int) -> None:
-        """Queue a segment; its head crossfades with the previous segment's held tail."""
-        audio = self._check(audio, tail_frames)
+    def begin(self, join: Join, tail_frames: int) -> StreamedSegment:
+        """Start a segment whose audio arrives in chunks. ``join`` is ``append`` (its head
+        crossfades with the held tail of the segment before) or ``transition`` (it cuts in now,
+        crossfaded over what is playing). Its last ``tail_frames`` frames are held as its tail."""
+        if join not in ("append", "transition"):
+            raise ValueError(f"join must be 'append' or 'transition', got {join!r}")
+        if tail_frames < 0:
+            raise ValueError(f"tail_frames must be >= 0, got {tail_frames}")
         with self._lock:
-            self._append_locked(audio, tail_frames)
-            self._arrived()
-            self._last = audio
-            self._last_tail = tail_frames
+            if self._open is not None:
+                raise RuntimeError("a streamed segment is still open: end() it first")
+            seg = StreamedSegment(self, join, tail_frames)
+            self._open = seg
+            return seg
 
-    def _append_locked(self, audio: np.ndarray, tail_frames: int) -> None:
-        body_end = audio.shape[0] - tail_frames
-        held = self._held
-        if held.shape[0] > 0:
-            k = min(held.shape[0], body_end) if body_end > 0 else min(held.shape[0], audio.shape[0])
-            self._push(crossfade(held[:k], audio[:k]))
-            start = k
-            self.stats.joins += 1
-        elif self._silent:
-            # Resuming from silence: fade in so a segment starting mid-note does not click.
-            k = min(self.crossfade_frames, max(body_end, 0))
-            if k > 0:
-                self._push(_fade(audio[:k], out=False))
-            start = k
-        else:
-            start = 0
-        if body_end > start:
-            self._push(audio[start:body_end])
-        self._held = audio[max(body_end, start) :].copy()
-        self._silent = False
+    def append(self, audio: np.ndarray, tail_frames: int) -> None:
+        """Queue a whole segment; its head crossfades with the previous segment's held tail."""
+        self._whole("append", audio, tail_frames)
 
+    def transition(self, audio: np.ndarray, tail_frames: int) -> None:
+        """Switch to ``audio`` now: crossfade from the current read position into its start and drop
+        the rest of what was queued. The new audio is fully in after one crossfade."""
+        self._whole("transition", audio, tail_frames)
+
+    def _whole(self, join: Join, audio: np.ndarray, tail_frames: int) -> None:
+        audio = self._check(audio, tail_frames)
+        seg = self.begin(join, tail_frames)
+        seg.add(audio)
+        seg.end()
+
+    # -- the joins (called with the lock held) --------------------------------------------------
     def _push(self, chunk: np.ndarray) -> None:
         if chunk.shape[0] == 0:
             return
@@ -182,13 +163,28 @@ class Mixer:
         """New audio: a starvation episode (counted once) ends here."""
         self._starving = False
 
-    def transition(self, audio: np.ndarray, tail_frames: int) -> None:
-        """Switch to ``audio`` now: crossfade from the current read position into its start and drop
-        the rest of what was queued. The new audio is fully in after one crossfade."""
-        audio = self._check(audio, tail_frames)
-        with self._lock:
-            k = min(self.crossfade_frames, audio.shape[0] - tail_frames if tail_frames else audio.shape[0])
-            k = max(k, 0)
+    def _append_whole_locked(self, audio: np.ndarray, tail_frames: int) -> None:
+        body_end = audio.shape[0] - tail_frames
+        k = self._head_frames("append", body_end if body_end > 0 else audio.shape[0])
+        self._join_locked("append", audio[:k])
+        if body_end > k:
+            self._push(audio[k:body_end])
+        self._held = audio[max(body_end, k) :].copy()
+
+    def _head_frames(self, join: Join, available: int) -> int:
+        """Frames of a new segment's head its join needs."""
+        if join == "transition":
+            return min(self.crossfade_frames, available)
+        if self._held.shape[0] > 0:
+            return min(self._held.shape[0], available)
+        if self._silent:
+            return min(self.crossfade_frames, available)
+        return 0
+
+    def _join_locked(self, join: Join, head: np.ndarray) -> None:
+        """Queue ``head`` (the first frames of a new segment) joined to what plays."""
+        k = head.shape[0]
+        if join == "transition":
             current = self._take_locked(k, consume=True)  # what would have played next
             if current.shape[0] < k and self._held.shape[0] > 0:  # then the held tail
                 current = np.concatenate([current, self._held[: k - current.shape[0]]])
@@ -200,16 +196,20 @@ class Mixer:
                 pad = np.zeros((k - current.shape[0], self.channels), dtype=np.float32)
                 current = np.concatenate([current, pad])
             if k > 0:
-                self._push(crossfade(current, audio[:k], correlation=0.0))
-            body_end = audio.shape[0] - tail_frames
-            if body_end > k:
-                self._push(audio[k:body_end])
-            self._held = audio[max(body_end, k) :].copy()
-            self._silent = False
-            self._arrived()
-            self._last = audio
-            self._last_tail = tail_frames
+                self._push(crossfade(current, head, correlation=0.0))
             self.stats.transitions += 1
+        elif self._held.shape[0] > 0:
+            held = self._held
+            self._push(crossfade(held[:k], head))
+            self._held = self._empty()
+            self.stats.joins += 1
+        elif self._silent and k > 0:
+            # Resuming from silence: fade in so a segment starting mid-note does not click.
+            self._push(fade(head, out=False))
+        else:
+            self._push(head)
+        self._silent = False
+        self._arrived()
 
     def extend_previous(self, seconds: float) -> float:
         """Fallback when the audio backend failed: queue ``seconds`` more of the previous segment's
@@ -218,6 +218,9 @@ class Mixer:
         Returns the seconds queued (0 when there is no previous segment to repeat).
         """
         with self._lock:
+            if self._open is not None:
+                log.info("extend_previous: a segment is still arriving; nothing queued")
+                return 0.0
             last, last_tail = self._last, self._last_tail
             if last is None or last.shape[0] - last_tail <= self.crossfade_frames:
                 log.warning("extend_previous: no previous segment to repeat; nothing queued")
@@ -234,7 +237,7 @@ class Mixer:
                 chunk = last[start:end]
                 if chunk.shape[0] - tail <= 0:
                     break
-                self._append_locked(chunk, tail)
+                self._append_whole_locked(chunk, tail)
                 queued += chunk.shape[0] - tail
             self._arrived()
             self.stats.extensions += 1
@@ -285,11 +288,19 @@ class Mixer:
                 log.warning("mixer starved: no segment queued; fading out")
             self.stats.starved_frames += missing
             parts = [out]
+            seg = self._open
+            if self._held.shape[0] == 0 and seg is not None and seg._pending.shape[0] > 0:
+                # Mid-stream: what has arrived of the open segment fades out; the rest fades in.
+                k = min(self.crossfade_frames, seg._pending.shape[0])
+                self._push(fade(seg._pending[:k], out=True))
+                seg._pending = seg._pending[k:]
+                parts.append(self._take_locked(missing, consume=True))
+                missing -= parts[-1].shape[0]
             if self._held.shape[0] > 0:
                 k = min(self.crossfade_frames, self._held.shape[0])
-                fade = _fade(self._held[:k], out=True)
+                faded = fade(self._held[:k], out=True)
                 self._held = self._empty()
-                self._push(fade)
+                self._push(faded)
                 parts.append(self._take_locked(missing, consume=True))
                 missing -= parts[-1].shape[0]
             if missing > 0:
@@ -317,3 +328,75 @@ class Mixer:
             self._pos = pos
             self._queued -= got
         return out[:got]
+
+
+class StreamedSegment:
+    """A segment arriving in chunks (from :meth:`Mixer.begin`). :meth:`add` each chunk in order,
+    then :meth:`end`. The join is made as soon as enough of the head is in."""
+
+    def __init__(self, mixer: Mixer, join: Join, tail_frames: int) -> None:
+        self._m = mixer
+        self.join: Join = join
+        self.tail_frames = tail_frames
+        self.frames = 0
+        """Frames added so far."""
+        self.started = False
+        """True once the head is queued (the new music is entering the output)."""
+        self._pending = mixer._empty()
+        self._parts: list[np.ndarray] = []
+        self._done = False
+
+    def add(self, audio: np.ndarray) -> None:
+        m = self._m
+        audio = m._check(audio, 0)
+        with m._lock:
+            if self._done:
+                raise RuntimeError("the segment has ended")
+            self._parts.append(audio)
+            self.frames += audio.shape[0]
+            self._pending = np.concatenate([self._pending, audio]) if self._pending.shape[0] else audio
+            self._flush_locked(final=False)
+
+    def end(self) -> None:
+        """No more chunks: the last ``tail_frames`` become the held tail."""
+        m = self._m
+        with m._lock:
+            if self._done:
+                return
+            self._done = True
+            self._flush_locked(final=True)
+            m._held = self._pending.copy()
+            self._pending = m._empty()
+            if self._parts:
+                m._last = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
+                m._last_tail = min(self.tail_frames, m._last.shape[0])
+            m._open = None
+
+    def _flush_locked(self, *, final: bool) -> None:
+        m = self._m
+        pending = self._pending
+        tail = min(self.tail_frames, pending.shape[0]) if final else self.tail_frames
+        if not self.started:
+            if final:
+                body_end = pending.shape[0] - tail
+                k = m._head_frames(self.join, body_end if body_end > 0 else pending.shape[0])
+            else:
+                want = m._head_frames(self.join, 1 << 62)
+                if pending.shape[0] < want + tail:
+                    return  # not enough of the head yet
+                k = want
+            m._join_locked(self.join, pending[:k])
+            pending = pending[k:]
+            self.started = True
+        body = pending.shape[0] - tail
+        if body > 0:
+            chunk = pending[:body]
+            if m._silent:  # the music starved mid-segment: come back with a fade-in
+                k = min(m.crossfade_frames, chunk.shape[0])
+                m._push(fade(chunk[:k], out=False))
+                chunk = chunk[k:]
+                m._silent = False
+            m._push(chunk)
+            m._arrived()
+            pending = pending[body:]
+        self._pending = pending

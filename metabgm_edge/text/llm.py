@@ -1,4 +1,4 @@
-"""The LLM runtime as a text backend for the two stages."""
+"""The adapter that puts an exported LLM bundle behind the text interface of the two stages."""
 
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from metabgm_edge.audio.mixer import Mixer
-from metabgm_edge.audio.ringbuffer import RingBuffer
+from metabgm_edge.playback.mixer import Mixer
+from metabgm_edge.playback.ringbuffer import RingBuffer
 
 __all__ = ["Feeder"]
 

@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from metabgm_edge.profile import Profile
+from metabgm_edge.listener_profile import Profile
 from metabgm_edge.text.scene_view import SceneView
 from metabgm_edge.text.vocabulary import Vocabulary
 
@@ -790,7 +790,7 @@ def _voices(
 @functools.cache
 def _keeps_instrument(descriptor: str, instrument: str) -> bool:
     """True when the synthesizer still hears ``instrument`` (and only it) in "descriptor instrument"."""
-    from metabgm_edge.audio.musicparse import parse_description
+    from metabgm_edge.audio.procedural.musicparse import parse_description
 
     return tuple(parse_description(f"{descriptor} {instrument}").named_instruments) == (instrument,)
 
