@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from audio_helpers import render
+from audio_helpers import render, worst_jump_ratio
 
 from metabgm_edge.audio import SAMPLE_RATE
+from metabgm_edge.audio.dsp import crossfade
 from metabgm_edge.audio.procedural.synth import ProceduralSynth
-from metabgm_edge.playback.mixer import Mixer, crossfade
+from metabgm_edge.playback.mixer import Mixer
 
 SR = SAMPLE_RATE
 XF = SR // 2  # 0.5 s crossfade
@@ -24,18 +25,6 @@ def _sine(freq: float, seconds: float, phase: float = 0.0, amp: float = 0.5) -> 
 def _noise(seconds: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return rng.standard_normal((round(seconds * SR), 2)).astype(np.float32)
-
-
-def worst_jump_ratio(x: np.ndarray, at: int, near: int = 64, context: int = SR // 10) -> float:
-    """The largest sample-to-sample step within ``near`` samples of ``at`` divided by the largest
-    step in the ``context`` samples before and after (the local envelope of the signal's steps).
-    A click makes this much larger than 1."""
-    d = np.abs(np.diff(x, axis=0)).max(axis=1)
-    around = d[max(0, at - near) : at + near]
-    before = d[max(0, at - near - context) : max(0, at - near)]
-    after = d[at + near : at + near + context]
-    local = max(float(before.max(initial=0.0)), float(after.max(initial=0.0)), 1e-9)
-    return float(around.max()) / local
 
 
 def test_jump_detector_flags_a_butt_splice() -> None:

@@ -15,17 +15,31 @@ QUANTS = ("int4", "int8", "fp16", "fp32")
 TARGETS = ("cpu", "cuda", "tensorrt")
 
 
-def _run(recipe_path: Path | None, force: bool, **flags: Any) -> None:
+def _run(recipe_path: Path | None, force: bool, kind: str | None = None, **flags: Any) -> None:
+    """Run the export a recipe (and flags) describe; ``kind`` is what the subcommand exports."""
     from metabgm_edge.errors import MetabgmError
-    from metabgm_edge.export.llm import export_llm
     from metabgm_edge.export.recipe import Recipe, RecipeError, load_recipe, merge
 
     try:
-        recipe = load_recipe(recipe_path) if recipe_path else Recipe()
+        recipe = load_recipe(recipe_path) if recipe_path else Recipe(kind=kind or "llm")
+        if kind is not None and recipe.kind != kind:
+            raise RecipeError(
+                f"{recipe_path} is a {recipe.kind} recipe: run `metabgm-edge export {recipe.kind}`"
+            )
         recipe = merge(recipe, **flags)
-        export_llm(recipe, force=force, progress=lambda line: click.echo(line, err=True))
+        progress = lambda line: click.echo(line, err=True)  # noqa: E731
+        if recipe.kind == "musicgen":
+            from metabgm_edge.export.musicgen import export_musicgen
+
+            export_musicgen(recipe, force=force, progress=progress)
+        else:
+            from metabgm_edge.export.llm import export_llm
+
+            export_llm(recipe, force=force, progress=progress)
     except (RecipeError, MetabgmError) as exc:
         raise click.ClickException(str(exc)) from None
+    except MemoryError:
+        raise click.ClickException("the export ran out of memory; see the recipe for what it needs") from None
 
 
 @click.group(invoke_without_command=True)
@@ -42,6 +56,7 @@ def export(ctx: click.Context, recipe: Path | None, force: bool) -> None:
     \b
     metabgm-edge export --recipe export/smollm2-135m-instruct.toml
     metabgm-edge export llm --model path/to/model.gguf --quant int4 --out engines/my-model
+    metabgm-edge export musicgen --model path/to/musicgen-small --quant int8 --out engines/musicgen-small-int8
     """
     ctx.ensure_object(dict)
     ctx.obj["recipe"] = recipe
@@ -82,6 +97,27 @@ def llm(
     _run(
         recipe_path or obj.get("recipe"),
         force or obj.get("force", False),
+        "llm",
         chat_template=chat_template,
         **flags,
     )
+
+
+@export.command("musicgen")
+@click.option("--model", help="A transformers MusicGen folder (e.g. facebook/musicgen-small, downloaded).")
+@click.option("--quant", type=click.Choice(QUANTS), help="Decoder weights: int8/int4/fp32 (CPU), fp16 (GPU).")
+@click.option("--target", type=click.Choice(TARGETS), help="Where the bundle runs (default cpu).")
+@click.option("--out", help="Bundle folder to write, e.g. engines/NAME.")
+@click.option("--name", help="Bundle name (default: the --out folder's name).")
+@click.option(
+    "--recipe",
+    "recipe_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Start from a recipe (export/musicgen-*.toml); the flags given override it.",
+)
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@click.pass_context
+def musicgen(ctx: click.Context, recipe_path: Path | None, force: bool, **flags: Any) -> None:
+    """Export MusicGen (text encoder, decoder with KV cache, EnCodec) into an ONNX Runtime bundle."""
+    obj = ctx.obj or {}
+    _run(recipe_path or obj.get("recipe"), force or obj.get("force", False), "musicgen", **flags)

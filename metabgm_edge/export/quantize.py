@@ -77,3 +77,49 @@ def quantize(model: onnx.ModelProto, quant: str, target: str, block_size: int = 
     finally:
         qlog.setLevel(level)
     return quantizer.model.model
+
+
+def quantize_musicgen(
+    model: onnx.ModelProto, quant: str, target: str, block_size: int = 32, *, part: str = "decoder"
+) -> onnx.ModelProto:
+    """MusicGen's decoders (and, for fp16, the cross keys/values) for ``quant``.
+
+    int8 on the CPU is dynamic quantization of the weight matrices (``quantize_dynamic``, MatMul
+    with constant weights only: activations are quantized per step, weights per tensor), which
+    measured fastest for MusicGen's batch of guidance rows x codebooks; int4 is MatMulNBits as for
+    the LLM; fp16 converts everything (the caches too) and clamps the attention mask's large
+    negative constant into the fp16 range, so a fully masked row (guidance's unconditional half)
+    stays finite. The text encoder (T5 overflows in fp16) and the codec stay fp32.
+    """
+    if quant == "fp32":
+        return model
+    if quant == "fp16":
+        from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+        return convert_float_to_float16(
+            model,
+            keep_io_types=False,
+            disable_shape_infer=True,
+            op_block_list=[*DEFAULT_OP_BLOCK_LIST, "Softmax", "ReduceMean", "Pow", "Sqrt"],
+        )
+    if part == "cross_kv":
+        return model
+    if quant == "int4":
+        return quantize(model, "int4", target, block_size)
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save_model(model, str(src), save_as_external_data=True, location="in.onnx.data")
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"MatMulConstBOnly": True},
+            use_external_data_format=True,
+        )
+        return onnx.load(str(dst))

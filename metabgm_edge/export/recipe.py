@@ -1,4 +1,6 @@
-"""Export recipes: the options of one ``metabgm-edge export llm`` run, kept in a TOML file.
+"""Export recipes: the options of one ``metabgm-edge export llm`` or ``export musicgen`` run, in TOML.
+
+``kind`` says which (``llm`` by default); ``export --recipe F.toml`` runs the export of that kind.
 
 Standard library and msgspec only, so the CLI can read a recipe without the export extra.
 Command-line flags override the recipe's values (:func:`merge`).
@@ -18,10 +20,10 @@ Quant = Literal["int4", "int8", "fp16", "fp32"]
 Target = Literal["cpu", "cuda", "tensorrt"]
 QUANTS: tuple[str, ...] = ("int4", "int8", "fp16", "fp32")
 TARGETS: tuple[str, ...] = ("cpu", "cuda", "tensorrt")
-ALLOWED: dict[str, tuple[str, ...]] = {
-    "cpu": ("int4", "int8", "fp32"),
-    "cuda": ("int4", "fp16", "fp32"),
-    "tensorrt": ("int4", "fp16"),
+ALLOWED: dict[str, dict[str, tuple[str, ...]]] = {
+    "llm": {"cpu": ("int4", "int8", "fp32"), "cuda": ("int4", "fp16", "fp32"), "tensorrt": ("int4", "fp16")},
+    # MusicGen's weights are quantized in the decoder only; TensorRT compiles the fp16 decoder.
+    "musicgen": {"cpu": ("int8", "int4", "fp32"), "cuda": ("fp16", "fp32", "int4"), "tensorrt": ("fp16",)},
 }
 
 
@@ -55,7 +57,27 @@ class TensorRTOptions(Struct, kw_only=True, forbid_unknown_fields=True):
     """Folder of the TensorRT timing cache, reused across exports on the same GPU."""
 
 
+class MusicGenOptions(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The MusicGen export's own settings (the ``[musicgen]`` table)."""
+
+    static_cache: bool | None = None
+    """Also export ``decoder_static`` (fixed-length cache for CUDA graphs / TensorRT); default: for GPU
+    targets."""
+    static_cache_length: int = 1280
+    """Steps the fixed cache holds: prompt + segment + tail + codebook delay (1280 = 25.6 s at 50 Hz)."""
+    max_text_tokens: int = 64
+    """The longest description (T5 tokens) the TensorRT profile takes."""
+    prompt_seconds: float = 2.0
+    """Seconds of the previous segment's codes that prompt the next one."""
+    top_k: int | None = None
+    top_p: float | None = None
+    temperature: float | None = None
+    guidance_scale: float | None = None
+    """Sampling defaults; None keeps the model's own generation_config."""
+
+
 class Recipe(Struct, kw_only=True, forbid_unknown_fields=True):
+    kind: Literal["llm", "musicgen"] = "llm"
     name: str | None = None
     """The bundle's name; default: the --out folder's name."""
     model: str | None = None
@@ -77,6 +99,7 @@ class Recipe(Struct, kw_only=True, forbid_unknown_fields=True):
     """Cap on prompt + answer tokens; default the model's max_position_embeddings (TensorRT: the profile)."""
     generation: GenerationOptions = msgspec.field(default_factory=GenerationOptions)
     tensorrt: TensorRTOptions = msgspec.field(default_factory=TensorRTOptions)
+    musicgen: MusicGenOptions = msgspec.field(default_factory=MusicGenOptions)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -110,11 +133,21 @@ def check(recipe: Recipe) -> Recipe:
         raise RecipeError("no model: pass --model HF_DIR_OR_GGUF or set model = ... in the recipe")
     if not recipe.out:
         raise RecipeError("no output folder: pass --out engines/NAME or set out = ... in the recipe")
-    if recipe.quant not in ALLOWED[recipe.target]:
+    allowed = ALLOWED[recipe.kind][recipe.target]
+    if recipe.quant not in allowed:
         raise RecipeError(
-            f"--quant {recipe.quant} is not offered for --target {recipe.target}: use one of "
-            f"{', '.join(ALLOWED[recipe.target])}"
+            f"--quant {recipe.quant} is not offered for --target {recipe.target} ({recipe.kind} bundles): "
+            f"use one of {', '.join(allowed)}"
         )
+    if recipe.kind == "musicgen":
+        mg = recipe.musicgen
+        if not 64 <= mg.static_cache_length <= 8192:
+            raise RecipeError(f"musicgen.static_cache_length must be 64..8192, got {mg.static_cache_length}")
+        if not 0.0 <= mg.prompt_seconds <= 10.0:
+            raise RecipeError(f"musicgen.prompt_seconds must be 0..10, got {mg.prompt_seconds}")
+        if recipe.lora:
+            raise RecipeError("a LoRA adapter is merged into LLMs only; drop lora from the musicgen recipe")
+        return recipe
     if recipe.block_size not in (16, 32, 64, 128, 256):
         raise RecipeError(f"block_size must be a power of two from 16 to 256, got {recipe.block_size}")
     trt = recipe.tensorrt
