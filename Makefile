@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PLAY_ARGS ?=
 
-.PHONY: play test lint bench bench-llm clean
+.PHONY: play test lint bench bench-llm bench-musicgen clean
 
 play: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge play $(PLAY_ARGS)
@@ -28,6 +28,10 @@ bench: $(VENV)/.stamp-runtime
 # transformers eager vs this runtime (fp32/int8/int4) on SmolLM2; exports missing bundles first.
 bench-llm: $(VENV)/.stamp-test
 	$(BIN)/python benchmarks/llm_bench.py --rounds 3
+
+# transformers eager vs this runtime (fp32/int8/int4) at musicgen-small size, random weights.
+bench-musicgen: $(VENV)/.stamp-test
+	$(BIN)/python benchmarks/musicgen_bench.py --rounds 2
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -47,6 +47,10 @@ class RealClock:
     def now(self) -> float:
         return time.monotonic() - self._t0
 
+    def restart(self) -> None:
+        """Time 0 is now (before the session starts, after its preparations)."""
+        self._t0 = time.monotonic()
+
     def sleep_until(self, t: float, stop: threading.Event) -> None:
         delay = t - self.now()
         if delay > 0:

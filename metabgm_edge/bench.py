@@ -51,7 +51,7 @@ from metabgm_edge.text import TextBackend
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER: Final = ("characterize", "narrative", "description", "direct", "audio", "total")
+STAGE_ORDER: Final = ("characterize", "narrative", "description", "direct", "first_audio", "audio", "total")
 LATENCY_DEFINITION: Final = (
     "from the scripted scene change (combat starts) to the new music entering the output: "
     "queued_at - change_at + ring fill + crossfade/2, on the session clock of a real-time run "

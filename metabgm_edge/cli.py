@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import click
 import msgspec
@@ -91,10 +91,46 @@ def open_text(spec: str) -> Any:
     return open_text_backend(spec)
 
 
+def open_audio(spec: str, *, realtime: bool = True) -> Any:
+    """``auto``: a MusicGen bundle in engines/ when it renders fast enough here (``realtime``), else the
+    synthesizer; says which and why."""
+    from metabgm_edge.audio import open_audio_backend
+
+    if spec != "auto":
+        return open_audio_backend(spec)
+    from metabgm_edge.bundle import default_bundle
+    from metabgm_edge.ort.session import has_gpu_provider
+    from metabgm_edge.scheduler import SPEED_MARGIN
+
+    found = default_bundle(ENGINES_DIR, "musicgen", gpu=has_gpu_provider())
+    if found is None:
+        log.info("audio: the embedded synthesizer (no MusicGen bundle in %s/)", ENGINES_DIR)
+        return open_audio_backend("synth")
+    backend = open_audio_backend(str(found))
+    if not realtime:
+        log.info("audio: %s (found in %s/)", backend.name, ENGINES_DIR)
+        return backend
+    speed = backend.realtime_factor()
+    if speed >= SPEED_MARGIN:
+        what = "audio: %s (found in %s/; renders %.1f s of audio per second here)"
+        log.info(what, backend.name, ENGINES_DIR, speed)
+        return backend
+    log.warning(
+        "audio: the embedded synthesizer: %s renders only %.2f s of audio per second here (it needs %.2f "
+        "to keep up); name it with --audio %s to play it anyway (with --if-slow queue)",
+        backend.name, speed, SPEED_MARGIN, found,
+    )  # fmt: skip
+    return open_audio_backend("synth")
+
+
 INTERVAL = click.FloatRange(2.0, 60.0)
 POSITIVE = click.FloatRange(min=0.0, min_open=True)
 PROFILE_HELP = "Listener profile (TOML or JSON): preferred/avoided genres and instruments, intensity."
 TEXT_HELP = "Text backend: auto (an LLM bundle in engines/, else composer), composer, or a bundle folder."
+AUDIO_HELP = (
+    "Audio backend: auto (a MusicGen bundle in engines/ that keeps up here, else synth), synth, or a "
+    "MusicGen bundle folder."
+)
 
 
 @main.command()
@@ -216,7 +252,7 @@ def _print_segment(rec: Any) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--fast", is_flag=True, help="No device: render faster than real time into --out.")
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
-@click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
+@click.option("--audio", "audio_spec", default="auto", show_default=True, help=AUDIO_HELP)
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
 @click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
 @click.option(
@@ -245,6 +281,15 @@ def _print_segment(rec: Any) -> None:
     help="Start a new segment at once on a sharp scene change (combat, dimension, low health).",
 )
 @click.option("--device", help="Output device (name or index; see `metabgm-edge doctor`).")
+@click.option(
+    "--if-slow",
+    "if_slow",
+    type=click.Choice(["synth", "queue"]),
+    default="synth",
+    show_default=True,
+    help="When the audio backend cannot keep up here (MusicGen on a CPU): let the synthesizer play, "
+    "or queue its segments and hear them later than the game.",
+)
 def play(
     source: str,
     interval: float,
@@ -262,13 +307,13 @@ def play(
     sample_period: float,
     transitions: bool,
     device: str | None,
+    if_slow: str,
 ) -> None:
     """Play a live soundtrack for SOURCE (Ctrl-C stops; the WAV and log stay valid).
 
     With nothing configured: the simulated tour, the composer rules and the embedded synthesizer,
     on the default output device; on a machine without one, into --out or metabgm-edge-TIME.wav.
     """
-    from metabgm_edge.audio import open_audio_backend
     from metabgm_edge.listener_profile import load_profile
     from metabgm_edge.scheduler import PlayOptions, Session
     from metabgm_edge.sources import open_source
@@ -289,9 +334,10 @@ def play(
     options = PlayOptions(
         interval=interval, sample_period=sample_period, deadline=deadline, crossfade=crossfade,
         mode=cast("Mode", mode), seed=seed, transitions=transitions, fast=fast, duration=duration,
+        if_slow=cast("Literal['synth', 'queue']", if_slow),
     )  # fmt: skip
     session = Session(
-        src, open_text(text_spec), open_audio_backend(audio_spec), options=options,
+        src, open_text(text_spec), open_audio(audio_spec, realtime=not fast), options=options,
         profile=load_profile(profile_path), out=out, log_path=log_path, device=_device(device),
     )  # fmt: skip
     session.on_segment = _print_segment
@@ -319,7 +365,7 @@ def _device(spec: str | None) -> int | str | None:
 @main.command()
 @click.argument("description")
 @click.option("--seconds", default=10.0, show_default=True, help="Length of the audio (0.5-120 s).")
-@click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
+@click.option("--audio", "audio_spec", default="auto", show_default=True, help=AUDIO_HELP)
 @click.option(
     "--continue-from",
     "previous",
@@ -335,13 +381,13 @@ def render(
 
     The WAV carries the melodic anchor, so `--continue-from` can chain previews.
     """
-    from metabgm_edge.audio import AudioRequest, anchor_to_metadata, continue_from, open_audio_backend
+    from metabgm_edge.audio import AudioRequest, anchor_to_metadata, continue_from
     from metabgm_edge.audio import render as render_audio
     from metabgm_edge.playback.wav import read_wav, write_wav
 
     if not 0.5 <= seconds <= 120.0:
         raise click.BadParameter("must be between 0.5 and 120 seconds", param_hint="--seconds")
-    backend = open_audio_backend(audio_spec)
+    backend = open_audio(audio_spec, realtime=False)
     anchor = context = None
     if previous is not None:
         try:
@@ -437,7 +483,7 @@ def report(log_file: str, audio_path: str | None, out: str | None, session: int 
 @click.option("--interval", default=10.0, show_default=True, type=INTERVAL, help="Segment length in seconds.")
 @click.option("--source", default="sim:tour", show_default=True, help="sim:NAME or replay:F.jsonl.")
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
-@click.option("--audio", "audio_spec", default="synth", show_default=True, help="Audio backend: synth.")
+@click.option("--audio", "audio_spec", default="auto", show_default=True, help=AUDIO_HELP)
 @click.option("--seed", default=0, show_default=True)
 @click.option(
     "--latency/--no-latency",
@@ -460,7 +506,6 @@ def bench(
 ) -> None:
     """Measure the pipeline here: per-stage p50/p95, real-time factor, underruns, scene-change-to-
     audible latency, peak RSS (see README, "Measuring: bench")."""
-    from metabgm_edge.audio import open_audio_backend
     from metabgm_edge.bench import format_table, run_bench
     from metabgm_edge.sources import open_source
 
@@ -470,7 +515,7 @@ def bench(
     if src.live:
         raise click.UsageError(f"bench runs faster than real time: {source} is live; use sim: or replay:")
     try:
-        result = run_bench(src, open_text(text_spec), open_audio_backend(audio_spec), segments=segments,
+        result = run_bench(src, open_text(text_spec), open_audio(audio_spec), segments=segments,
                            interval=interval, seed=seed, latency=latency)  # fmt: skip
     except ValueError as exc:  # an interval out of range, ...
         raise click.ClickException(str(exc)) from None

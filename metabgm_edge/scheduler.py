@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, Final, Literal, TypeVar
 
 import msgspec
 import numpy as np
@@ -56,6 +56,8 @@ AUDIO_FAILURES_BEFORE_REPLACING: Final = 3
 SHARP: Final = frozenset({"combat_start", "combat_end", "dimension", "health_drop"})
 HEAD_SECONDS: Final = 3.0
 """A sharp change's segment is rendered in two parts: this head first, heard at once."""
+SPEED_MARGIN: Final = 1.25
+"""An audio backend keeps up when it renders at least this many seconds of audio per second."""
 
 
 class PlayOptions(msgspec.Struct, kw_only=True):
@@ -74,6 +76,10 @@ class PlayOptions(msgspec.Struct, kw_only=True):
     """Stop after this many seconds of session time (None: until the source ends or Ctrl-C)."""
     buffer_seconds: float = 0.25
     """Audio kept in the ring ahead of the device: small, so scene changes are heard quickly."""
+    if_slow: Literal["synth", "queue"] = "synth"
+    """When the audio backend renders slower than real time here (MusicGen on a CPU): ``synth`` lets
+    the embedded synthesizer play; ``queue`` plays each segment whole once it is ready, later than its
+    scene, the music before it repeated meanwhile."""
 
     @property
     def budget(self) -> float:
@@ -144,6 +150,8 @@ class Session:
         self.fallback_audio = fallback_audio
         """The backend that takes over after repeated failures (None: a fresh embedded synthesizer)."""
         self._replaced = False
+        self._whole_segments = False
+        """Slow backend, ``if_slow=queue``: segments enter the mixer whole, once ready."""
         self.profile = profile
         self.out = Path(out) if out is not None else None
         self.log_path = Path(log_path) if log_path is not None else None
@@ -224,12 +232,12 @@ class Session:
         join: Join,
         first_chunk: float,
         now: Callable[[], float],
-    ) -> float | None:
+    ) -> tuple[float | None, float | None]:
         """Stream one segment from the audio backend into the mixer, chunk by chunk as it comes.
 
-        Returns the session time its first chunk was queued, or None when nothing was queued (the
-        previous segment is then extended). A failure after some audio was queued keeps what came
-        and extends it for the rest.
+        Returns the session time its first chunk was queued and the monotonic time of that, or
+        (None, None) when nothing was queued (the previous segment is then extended). A failure
+        after some audio was queued keeps what came and extends it for the rest.
         """
         opts = self.options
         sr = self.audio.sample_rate
@@ -249,22 +257,32 @@ class Session:
         want = round((seconds + opts.crossfade) * sr)
         lock = threading.Lock()
         cancel = threading.Event()
-        got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0}
+        got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0, "first": None}
+
+        whole = self._whole_segments
+        held: list[np.ndarray] = []
+
+        def queue(audio: np.ndarray) -> None:
+            with lock:
+                if cancel.is_set():
+                    return
+                if got["seg"] is None:
+                    got["seg"] = self.mixer.begin(join, tail_frames)
+                got["seg"].add(audio)
+                if got["queued_at"] is None:
+                    got["queued_at"] = now()
+                    got["first"] = time.monotonic()
 
         def work() -> None:
             for chunk in backend.stream(request):
                 audio = np.asarray(chunk.audio, dtype=np.float32)
                 if audio.ndim != 2 or audio.shape[1] != backend.channels:
                     raise ValueError(f"a chunk of shape {audio.shape}, expected (frames, {backend.channels})")
-                with lock:
-                    if cancel.is_set():
-                        return
-                    if got["seg"] is None:
-                        got["seg"] = self.mixer.begin(join, tail_frames)
-                    got["seg"].add(audio)
-                    got["frames"] += audio.shape[0]
-                    if got["queued_at"] is None:
-                        got["queued_at"] = now()
+                got["frames"] += audio.shape[0]
+                if whole:
+                    held.append(audio)
+                else:
+                    queue(audio)
                 if chunk.last:
                     got["anchor"] = chunk.anchor
                     break
@@ -272,10 +290,15 @@ class Session:
                 raise ValueError(f"rendered {got['frames']} frames, expected {want}")
             if got["anchor"] is None:
                 raise ValueError("the backend's last chunk carried no anchor")
+            for audio in held:
+                queue(audio)
 
         try:
             # Late text leaves the audio at least a quarter of the budget: late music beats none.
             timeout = max(deadline - time.monotonic(), 0.25 * opts.budget)
+            if self._whole_segments:  # a slow backend, queued: it takes what it takes, with a margin
+                speed = max(self.stats.audio_realtime_factor, 1e-3)
+                timeout = max(timeout, 1.5 * (seconds + opts.crossfade) / speed + opts.interval)
             self._audio_guard.call(work, timeout)
         except Exception as exc:
             with lock:
@@ -303,11 +326,11 @@ class Session:
                 self._audio_guard = Guard("audio")
                 fallbacks.append("audio.replaced")
                 self._fallbacks["audio.replaced"] += 1
-            return got["queued_at"]
+            return got["queued_at"], got["first"]
         got["seg"].end()
         self._audio_failures = 0
         self._anchor = got["anchor"]
-        return got["queued_at"]
+        return got["queued_at"], got["first"]
 
     def _process(self, seg: Window, now: Callable[[], float]) -> SegmentRecord:
         opts = self.options
@@ -329,8 +352,8 @@ class Session:
         # it as soon as it arrives); the rest of the segment follows.
         first_chunk = HEAD_SECONDS if sharp and seconds > HEAD_SECONDS + 1.0 else 0.0
         t_audio = time.monotonic()
-        queued = self._render(result.description, seconds, seed, fallbacks, audio_deadline,
-                              join=mixer_join, first_chunk=first_chunk, now=now)  # fmt: skip
+        queued, first = self._render(result.description, seconds, seed, fallbacks, audio_deadline,
+                                     join=mixer_join, first_chunk=first_chunk, now=now)  # fmt: skip
         if queued is None:
             join = "extend"
             queued = now()
@@ -346,6 +369,8 @@ class Session:
             self.stats.deadline_misses += 1
         timings = dict(result.timings)
         timings["audio"] = t_done - t_audio
+        if first is not None:
+            timings["first_audio"] = first - t_audio
         timings["total"] = t_done - t0
         for k, v in timings.items():
             self.stats.stage_seconds.setdefault(k, []).append(v)
@@ -459,12 +484,50 @@ class Session:
                 writer.close()
             self.stats.seconds = written / sr
 
+    def check_speed(self) -> float:
+        """Before a real-time session: can the audio backend keep up here? If not, do what
+        ``if_slow`` says, and say so once with the measured figure. Returns the real-time factor."""
+        opts = self.options
+        speed = self.audio.realtime_factor()
+        self.stats.audio_realtime_factor = speed
+        if speed >= SPEED_MARGIN:
+            log.info("%s renders %.1f s of audio per second here: it keeps up", self.audio.name, speed)
+            return speed
+        name = self.audio.name
+        if opts.if_slow == "synth":
+            if self.fallback_audio is None:
+                from metabgm_edge.audio import open_audio_backend
+
+                self.fallback_audio = open_audio_backend("synth")
+            log.warning(
+                "%s renders %.2f s of audio per second here (it needs %.2f to keep up): the embedded "
+                "synthesizer plays instead (--if-slow queue plays it anyway, later than the game)",
+                name, speed, SPEED_MARGIN,
+            )  # fmt: skip
+            self.audio = self.fallback_audio
+            self._fallbacks["audio.too_slow"] += 1
+            self.stats.audio_policy = "synth"
+            return speed
+        render_s = opts.interval / max(speed, 1e-3)
+        self._whole_segments = True
+        self.stats.audio_policy = "queue"
+        log.warning(
+            "%s renders %.2f s of audio per second here, slower than real time: each %.0f s segment takes "
+            "about %.0f s, so it is heard about %.0f s after its scene, and the music before it repeats "
+            "meanwhile (--if-slow synth plays the embedded synthesizer instead)",
+            name, speed, opts.interval, render_s, render_s,
+        )  # fmt: skip
+        return speed
+
     def _run_real_time(self) -> None:
         from metabgm_edge.playback.feeder import Feeder
         from metabgm_edge.playback.ringbuffer import RingBuffer
         from metabgm_edge.playback.sinks import open_sink
 
         opts = self.options
+        self.check_speed()  # before the source starts: a measurement takes a moment
+        if isinstance(self.clock, RealClock):
+            self.clock.restart()
         sr = self.audio.sample_rate
         self.acquisition.start()  # first: a source that cannot start opens no device or file
         ring = RingBuffer(max(4 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
@@ -497,15 +560,17 @@ class Session:
         finally:
             self._stop.set()
             self.acquisition.stop()
-            pipeline.join(timeout=2 * opts.budget)
-            # End with a fade: crossfade whatever plays into silence and drop the rest.
+            # End with a fade at once: crossfade whatever plays into silence, drop the rest, and take
+            # nothing more (a segment still rendering would otherwise play after the fade).
             fade = round(opts.crossfade * sr)
             self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
+            self.mixer.close()
             feeder.finish(timeout=2.0)
             feeder.stop()
             if self._anchor is not None:  # `render --continue-from` the recording continues the music
                 sink.set_metadata(anchor_to_metadata(self._anchor))
             sink.stop(drain=True, timeout=2.0)
+            pipeline.join(timeout=min(2.0, 2 * opts.budget))  # a render still running is abandoned
             st = sink.stats()
             self.stats.underruns = st.ring_underruns
             self.stats.device_underflows = getattr(st, "underflows", 0)

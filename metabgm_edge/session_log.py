@@ -57,5 +57,9 @@ class SessionStats(msgspec.Struct, kw_only=True):
     sink: str = ""
     source: dict[str, Any] = msgspec.field(default_factory=dict)
     stage_seconds: dict[str, list[float]] = msgspec.field(default_factory=dict)
+    audio_realtime_factor: float = 0.0
+    """Seconds of audio the audio backend renders per second here (measured before a real-time run)."""
+    audio_policy: str = "stream"
+    """How the audio plays: ``stream`` (keeps up), ``synth`` or ``queue`` (too slow: ``--if-slow``)."""
     transition_latency: list[float] = msgspec.field(default_factory=list)
     """Seconds from a sharp change being sampled to its audio entering the output."""

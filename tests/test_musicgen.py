@@ -506,3 +506,34 @@ def test_play_fast_on_a_musicgen_bundle(mono_bundle: Path, tmp_path: Path) -> No
     assert anchor_from_metadata(MusicGen.load(mono_bundle), info.metadata) is not None
     records = [msgspec.json.decode(line) for line in log.read_text().splitlines()]
     assert records and all(r["audio_backend"].startswith("musicgen:") and not r["fallbacks"] for r in records)
+
+
+def test_audio_auto_takes_a_bundle_only_where_it_keeps_up(
+    mono_bundle: Path, tmp_path: Path, monkeypatch, caplog
+):
+    import logging
+    import shutil
+
+    from metabgm_edge import cli
+    from metabgm_edge.doctor import check_engines
+
+    engines = tmp_path / "engines"
+    monkeypatch.setattr(cli, "ENGINES_DIR", engines)
+    with caplog.at_level(logging.INFO, logger="metabgm_edge"):
+        assert cli.open_audio("auto").kind == "synth"
+    assert "no MusicGen bundle" in caplog.text
+    shutil.copytree(mono_bundle, engines / "tiny-fp32")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="metabgm_edge"):
+        fast = cli.open_audio("auto")
+    assert fast.kind == "musicgen" and "s of audio per second here" in caplog.text
+    monkeypatch.setattr(MusicGen, "realtime_factor", lambda self: 0.4)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="metabgm_edge"):
+        slow = cli.open_audio("auto")
+    assert slow.kind == "synth" and "renders only 0.40 s of audio per second" in caplog.text
+    assert cli.open_audio("auto", realtime=False).kind == "musicgen"  # render and --fast: speed is no matter
+    check = check_engines(engines)
+    assert (
+        check.status == "ok" and "musicgen" in check.detail and "--audio auto takes this one" in check.detail
+    )

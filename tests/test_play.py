@@ -197,6 +197,9 @@ class FlakyAudio:
     def anchor_from_bytes(self, data):
         return self.synth.anchor_from_bytes(data)
 
+    def realtime_factor(self):
+        return self.synth.realtime_factor()
+
 
 def test_an_audio_backend_that_raises_extends_the_previous_segment(tmp_path: Path) -> None:
     flaky = FlakyAudio(fail_on={2, 3})  # call 1: the start segment
@@ -295,3 +298,58 @@ def test_play_on_a_real_device_plays_what_the_wav_holds(pulse_null_sink: PulseSi
             offset = at - i
     allowed = 0 if stats.device_underflows == 0 else min(total // 10, 3 * stats.device_underflows)
     assert total > 50 and matched >= total - allowed, f"{matched}/{total} chunks bit-exact"
+
+
+class SlowAudio(FlakyAudio):
+    """The synthesizer made to render at half real time (as MusicGen does on a CPU)."""
+
+    name = "slow"
+
+    def __init__(self, speed: float = 0.5) -> None:
+        super().__init__(fail_on=set())
+        self.speed = speed
+
+    def stream(self, request):
+        t0 = time.monotonic()
+        for chunk in self.synth.stream(request):
+            time.sleep(max(0.0, (request.seconds + request.tail) / self.speed - (time.monotonic() - t0)))
+            yield chunk
+
+    def realtime_factor(self):
+        return self.speed
+
+
+@pytest.mark.slow
+def test_a_backend_slower_than_real_time_lets_the_synthesizer_play(tmp_path: Path, caplog) -> None:
+    slow = SlowAudio(0.5)
+    s = Session(
+        open_source("sim:forest"), Composer(), slow,
+        options=PlayOptions(interval=2.0, duration=6.0, sample_period=0.5, if_slow="synth"),
+        out=tmp_path / "out.wav", log_path=tmp_path / "log.jsonl", use_device=False,
+    )  # fmt: skip
+    stats = s.run()
+    assert stats.fallbacks.get("audio.too_slow") == 1 and stats.audio_policy == "synth"
+    assert stats.audio_realtime_factor == 0.5
+    assert "0.50 s of audio per second" in caplog.text and "synthesizer plays instead" in caplog.text
+    recs = records(tmp_path)
+    assert recs and all(r.audio_backend == "synth" for r in recs) and slow.calls == 0
+    audio = read_wav(tmp_path / "out.wav")[0]
+    assert longest_silence(audio[SR // 2 :]) < XFADE and stats.deadline_misses == 0
+
+
+@pytest.mark.slow
+def test_a_backend_slower_than_real_time_queued_is_heard_late_without_silence(tmp_path: Path, caplog) -> None:
+    slow = SlowAudio(0.5)
+    s = Session(
+        open_source("sim:forest"), Composer(), slow,
+        options=PlayOptions(interval=2.0, duration=12.0, sample_period=0.5, if_slow="queue"),
+        out=tmp_path / "out.wav", log_path=tmp_path / "log.jsonl", use_device=False,
+    )  # fmt: skip
+    stats = s.run()
+    assert stats.audio_policy == "queue" and "heard about 4 s after its scene" in caplog.text
+    recs = records(tmp_path)
+    assert len(recs) >= 2 and all(r.audio_backend == "slow" for r in recs)
+    assert not any(f.startswith("audio.deadline") or f == "audio.error" for r in recs for f in r.fallbacks)
+    assert stats.fallbacks.get("audio.late_extend", 0) >= 1  # the music before repeats while it renders
+    audio = read_wav(tmp_path / "out.wav")[0]
+    assert longest_silence(audio[SR // 2 :]) < XFADE and stats.starvations == 0

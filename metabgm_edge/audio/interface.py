@@ -79,6 +79,11 @@ class AudioBackend(Protocol):
         """This backend's anchor from ``Anchor.to_bytes`` output; ValueError otherwise."""
         ...
 
+    def realtime_factor(self) -> float:
+        """Seconds of audio this backend renders per second of work on this machine (measured once,
+        then kept up to date from real segments). Below 1 it cannot keep up with real time."""
+        ...
+
 
 # -- helpers every caller uses ---------------------------------------------------------------------
 

@@ -72,6 +72,7 @@ class Mixer:
         self._silent = True  # nothing audible is playing (start, or after a starvation fade-out)
         self._starving = False
         self._open: StreamedSegment | None = None  # a streamed segment still arriving
+        self._closed = False
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.channels), dtype=np.float32)
@@ -131,11 +132,22 @@ class Mixer:
         if tail_frames < 0:
             raise ValueError(f"tail_frames must be >= 0, got {tail_frames}")
         with self._lock:
+            seg = StreamedSegment(self, join, tail_frames)
+            if self._closed:  # the stream has ended: what comes now is dropped
+                seg._done = True
+                return seg
             if self._open is not None:
                 raise RuntimeError("a streamed segment is still open: end() it first")
-            seg = StreamedSegment(self, join, tail_frames)
             self._open = seg
             return seg
+
+    def close(self) -> None:
+        """The end of the session: segments that arrive from now on are dropped; what is queued plays."""
+        with self._lock:
+            self._closed = True
+            if self._open is not None:
+                self._open._done = True
+                self._open = None
 
     def append(self, audio: np.ndarray, tail_frames: int) -> None:
         """Queue a whole segment; its head crossfades with the previous segment's held tail."""
@@ -351,6 +363,8 @@ class StreamedSegment:
         audio = m._check(audio, 0)
         with m._lock:
             if self._done:
+                if m._closed:
+                    return
                 raise RuntimeError("the segment has ended")
             self._parts.append(audio)
             self.frames += audio.shape[0]

@@ -120,6 +120,7 @@ class MusicGen:
         m = model.manifest
         self.name = f"musicgen:{m.name} ({m.quantization}, {model.provider})"
         self.last = StreamStats()
+        self._speed: float | None = None
 
     @classmethod
     def load(
@@ -138,6 +139,15 @@ class MusicGen:
 
     def anchor_from_bytes(self, data: bytes) -> MusicGenAnchor:
         return MusicGenAnchor.from_bytes(data)
+
+    def realtime_factor(self) -> float:
+        """Measured on a 2 s render (after a short warm-up) the first time; then the last segment's."""
+        if self._speed is None:
+            for seconds in (0.2, 2.0):
+                for _ in self.stream(AudioRequest(description="calm piano", seconds=seconds, seed=0)):
+                    pass
+            self._speed = self.last.realtime_factor
+        return self._speed
 
     def stream(self, request: AudioRequest) -> Iterator[AudioChunk]:
         s = self.model.section
@@ -197,6 +207,8 @@ class MusicGen:
         if not stats.first_audio_s:
             stats.first_audio_s = stats.total_s
         self.last = stats
+        if seconds + tail >= 1.0:  # short renders are dominated by the conditioning
+            self._speed = stats.realtime_factor
         log.debug("%s: %d frames (+%d prompt from %s) in %.2f s, first audio %.2f s, %.1f ms/step",
                   self.name, frames, stats.prompt_frames, prompt_from, stats.total_s, stats.first_audio_s,
                   stats.ms_per_step)  # fmt: skip

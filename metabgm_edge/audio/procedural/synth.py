@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -215,6 +216,7 @@ class ProceduralSynth:
 
     def __init__(self) -> None:
         self._room = Room()
+        self._speed: float | None = None
 
     # -- the audio interface --------------------------------------------------------------------
     def stream(self, request: AudioRequest) -> Iterator[AudioChunk]:
@@ -244,6 +246,13 @@ class ProceduralSynth:
 
     def anchor_from_bytes(self, data: bytes) -> SynthAnchor:
         return SynthAnchor.from_bytes(data)
+
+    def realtime_factor(self) -> float:
+        if self._speed is None:
+            t0 = time.perf_counter()
+            self._render("calm piano and strings at 90 BPM", 1.0, None, seed=0)
+            self._speed = 1.0 / max(time.perf_counter() - t0, 1e-6)
+        return self._speed
 
     # -- rendering one piece --------------------------------------------------------------------
     def _render(
