@@ -203,6 +203,24 @@ def test_stereo_model_of_another_shape_matches_transformers(stereo_dir: Path, st
     np.testing.assert_allclose(wave, ref_wave.T, atol=1e-4)
 
 
+def test_an_fp16_gpu_bundle_runs_here_on_the_cpu_fallback(tiny_dir: Path, mono_bundle: Path, tmp_path: Path):
+    """fp16 everywhere the GPU runs it (caches, cross keys/values, logits), checked on the CPU."""
+    from metabgm_edge.export.musicgen import export_musicgen
+    from metabgm_edge.export.recipe import Recipe
+
+    out = export_musicgen(
+        Recipe(kind="musicgen", model=str(tiny_dir), quant="fp16", target="cuda", out=str(tmp_path / "fp16")),
+        progress=lambda _line: None,
+    )
+    manifest = bundle.read_manifest(out)
+    assert manifest.musicgen.kv_dtype == "float16" and "decoder_static" in manifest.graphs
+    reference, _ = runtime_codes(mono_bundle, "calm piano", 40)
+    for cache in ("dynamic", "static"):
+        codes, model = runtime_codes(out, "calm piano", 40, cache=cache)
+        assert model.provider == "cpu"
+        assert (codes == reference).mean() > 0.9  # fp16 rounding may flip a near tie
+
+
 @pytest.mark.parametrize(("channels", "codebooks"), [(1, 4), (2, 8)])
 @pytest.mark.parametrize("prompt_frames", [0, 1, 7])
 def test_delay_pattern_is_transformers_delay_pattern(

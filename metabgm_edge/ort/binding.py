@@ -17,6 +17,17 @@ import onnxruntime as ort
 NP_DTYPE: Final = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "bool": np.bool_}
 
 
+_ORT_TYPES: Final = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def input_dtype(session: ort.InferenceSession, name: str) -> type:
+    """The numpy type a session wants for input ``name`` (an fp16 graph wants float16)."""
+    for value in session.get_inputs():
+        if value.name == name:
+            return _ORT_TYPES.get(value.type, np.float32)
+    raise KeyError(name)
+
+
 def empty(shape: Sequence[int], dtype: str | type, device: str) -> ort.OrtValue:
     """An uninitialised (or zero-sized) tensor on ``device`` (``cpu`` or ``cuda``)."""
     np_dtype = NP_DTYPE[dtype] if isinstance(dtype, str) else dtype

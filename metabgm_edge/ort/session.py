@@ -39,6 +39,8 @@ ORT_NAMES: Final = {
 PROVIDERS: Final = tuple(ORT_NAMES)
 GPU_PROVIDERS: Final = frozenset({ORT_NAMES["cuda"], ORT_NAMES["tensorrt"]})
 
+_warned: set[tuple[str, str]] = set()
+
 _CHAIN: Final[dict[str, tuple[str, ...]]] = {
     "tensorrt": ("tensorrt", "cuda", "cpu"),
     "cuda": ("cuda", "cpu"),
@@ -203,14 +205,16 @@ def open_graph(
                 if got and got[0] == ORT_NAMES[name]:
                     opened = OpenedSession(session, name, model_file, skipped)
                     _check_io(opened, spec.inputs, spec.outputs)
-                    for line in skipped:
-                        log.warning("%s/%s: %s", folder.name, graph, line)
+                    for line in skipped:  # once per bundle and reason, not once per graph
+                        if (str(folder), line) not in _warned:
+                            _warned.add((str(folder), line))
+                            log.warning("%s: %s", folder.name, line)
                     log.info("%s/%s runs on %s (%s)", folder.name, graph, name, ", ".join(got))
                     return opened
                 reason = f"onnxruntime used {got} instead (libraries or device missing)"
         skipped.append(f"not using {name}: {reason}")
         if name != "cpu":
-            log.info("%s/%s: not using %s: %s", folder.name, graph, name, reason)
+            log.debug("%s/%s: not using %s: %s", folder.name, graph, name, reason)
     raise BundleError(f"no provider can run {graph} of bundle {folder}: " + "; ".join(skipped))
 
 

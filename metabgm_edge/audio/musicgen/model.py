@@ -167,7 +167,8 @@ class MusicGenModel:
             mask = np.concatenate([mask, np.zeros_like(mask)])
         opened = self.sessions["cross_kv"]
         step = binding.Step(opened.session, self.device)
-        step.host({"encoder_hidden_states": hidden.astype(np.float32), "encoder_attention_mask": mask})
+        dtype = binding.input_dtype(opened.session, "encoder_hidden_states")  # float16 in fp16 bundles
+        step.host({"encoder_hidden_states": hidden.astype(dtype), "encoder_attention_mask": mask})
         cross = step.out_device(self.cross_names).run()
         return Conditioning(description, len(ids), mask, cross, time.perf_counter() - t0)
 
@@ -323,8 +324,23 @@ class _StaticCache:
         ]
         self.flip = 0
         self.position = 0
+        engine = model.manifest.engine_for("decoder_static")
+        self.max_columns = None
+        """Columns one run takes: a TensorRT engine's profile allows one (the prefill then runs
+        column by column); the ONNX graph takes any number."""
+        if self.opened.provider == "tensorrt" and engine and engine.shape_profiles:
+            self.max_columns = engine.shape_profiles[0].max.get("input_ids", [0, 1])[1] or 1
 
     def run(self, columns: np.ndarray) -> np.ndarray:
+        if self.max_columns is not None and columns.shape[1] > self.max_columns:
+            logits = None
+            for c in range(0, columns.shape[1], self.max_columns):
+                logits = self._run(columns[:, c : c + self.max_columns])
+            assert logits is not None
+            return logits
+        return self._run(columns)
+
+    def _run(self, columns: np.ndarray) -> np.ndarray:
         m = self.model
         ids = np.tile(columns, (self.batch, 1))
         src, dst = self.buffers[self.flip], self.buffers[1 - self.flip]
