@@ -52,7 +52,8 @@ class AudioRequest(Struct, kw_only=True, frozen=True):
     """float32 (frames, channels) at :data:`SAMPLE_RATE`: the last seconds of the music before this
     segment, or None. A backend that cannot use ``anchor`` may continue from it."""
     first_chunk: float = 0.0
-    """Ask for a first chunk of about this many seconds as early as possible (0: no preference)."""
+    """The caller wants the first chunk early, holding at most about this many seconds (a sharp
+    scene change wants to be heard at once); 0: no preference. A backend may yield less."""
 
 
 class AudioChunk(Struct, kw_only=True, frozen=True):

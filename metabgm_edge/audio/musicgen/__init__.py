@@ -165,7 +165,7 @@ class MusicGen:
                             prompt_from=prompt_from)  # fmt: skip
         cond = self.model.condition(str(request.description or "")[:2000], guided=self.sampling.guided)
         stats.condition_s = cond.seconds
-        first = request.first_chunk or FIRST_CHUNK_S
+        first = min(request.first_chunk, FIRST_CHUNK_S) if request.first_chunk > 0 else FIRST_CHUNK_S
         decoder = StreamingDecoder(
             self.model.decode, s.codec_hop, start=prompt, num_codebooks=s.num_codebooks,
             first=max(1, round(first * s.frame_rate)), chunk=max(1, round(CHUNK_S * s.frame_rate)),
