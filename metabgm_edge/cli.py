@@ -21,7 +21,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metabgm_edge")
 
-ENGINES_DIR = Path("engines")
+ENGINES_DIR: Path | None = None
+"""None: where metabgm_edge.paths says (flag, environment, ./engines in a checkout, the user data folder)."""
+
+
+def _engines() -> Path:
+    from metabgm_edge import paths
+
+    return ENGINES_DIR if ENGINES_DIR is not None else paths.engines_dir()
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
@@ -38,13 +45,21 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 @click.version_option(__version__, prog_name="metabgm-edge")
 @click.option("-v", "--verbose", count=True, help="Debug logging.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(verbose: int, quiet: bool) -> None:
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Keep engines/, profiles/, logs/ and recordings/ here [the user data folder; see README].",
+)
+def main(verbose: int, quiet: bool, data_dir: str | None) -> None:
     """A live, generated soundtrack for games.
 
     Game state -> characterization (Algorithm 1) -> narrative -> music description -> audio,
     every segment, in real time.
     """
     _setup_logging(verbose, quiet)
+    from metabgm_edge import paths
+
+    paths.set_data_dir(data_dir)
 
 
 main.add_command(export)
@@ -82,11 +97,12 @@ def open_text(spec: str) -> Any:
         from metabgm_edge.bundle import default_bundle
         from metabgm_edge.ort.session import has_gpu_provider
 
-        found = default_bundle(ENGINES_DIR, "llm", gpu=has_gpu_provider())
+        engines = _engines()
+        found = default_bundle(engines, "llm", gpu=has_gpu_provider())
         if found is None:
-            log.info("text: composer rules (embedded default; no LLM bundle in %s/)", ENGINES_DIR)
+            log.info("text: composer rules (embedded default; no LLM bundle in %s/)", engines)
             return open_text_backend("composer")
-        log.info("text: LLM bundle %s (found in %s/)", found, ENGINES_DIR)
+        log.info("text: LLM bundle %s (found in %s/)", found, engines)
         return open_text_backend(str(found))
     return open_text_backend(spec)
 
@@ -102,18 +118,19 @@ def open_audio(spec: str, *, realtime: bool = True) -> Any:
     from metabgm_edge.ort.session import has_gpu_provider
     from metabgm_edge.scheduler import SPEED_MARGIN
 
-    found = default_bundle(ENGINES_DIR, "musicgen", gpu=has_gpu_provider())
+    engines = _engines()
+    found = default_bundle(engines, "musicgen", gpu=has_gpu_provider())
     if found is None:
-        log.info("audio: the embedded synthesizer (no MusicGen bundle in %s/)", ENGINES_DIR)
+        log.info("audio: the embedded synthesizer (no MusicGen bundle in %s/)", engines)
         return open_audio_backend("synth")
     backend = open_audio_backend(str(found))
     if not realtime:
-        log.info("audio: %s (found in %s/)", backend.name, ENGINES_DIR)
+        log.info("audio: %s (found in %s/)", backend.name, engines)
         return backend
     speed = backend.realtime_factor()
     if speed >= SPEED_MARGIN:
         what = "audio: %s (found in %s/; renders %.1f s of audio per second here)"
-        log.info(what, backend.name, ENGINES_DIR, speed)
+        log.info(what, backend.name, engines, speed)
         return backend
     log.warning(
         "audio: the embedded synthesizer: %s renders only %.2f s of audio per second here (it needs %.2f "
@@ -314,6 +331,7 @@ def play(
     With nothing configured: the simulated tour, the composer rules and the embedded synthesizer,
     on the default output device; on a machine without one, into --out or metabgm-edge-TIME.wav.
     """
+    from metabgm_edge import paths
     from metabgm_edge.listener_profile import load_profile
     from metabgm_edge.scheduler import PlayOptions, Session
     from metabgm_edge.sources import open_source
@@ -330,7 +348,12 @@ def play(
 
         if probe_output(_device(device)) is not None:
             # No speakers: keep the music anyway, in a file to play later (the sink says so, once).
-            out = time.strftime("metabgm-edge-%Y%m%d-%H%M%S.wav")
+            out = str(paths.default_file("recordings", "metabgm-edge", ".wav"))
+    if log_path is None and paths.frozen():  # the packaged build keeps a session log for bug reports
+        try:
+            log_path = str(paths.default_file("logs", "session", ".jsonl"))
+        except MetabgmError as exc:
+            log.warning("no session log: %s", exc)
     options = PlayOptions(
         interval=interval, sample_period=sample_period, deadline=deadline, crossfade=crossfade,
         mode=cast("Mode", mode), seed=seed, transitions=transitions, fast=fast, duration=duration,
@@ -529,18 +552,16 @@ def bench(
 @click.option(
     "--engines",
     "engines_dir",
-    default=str(ENGINES_DIR),
-    show_default=True,
     type=click.Path(file_okay=False),
-    help="Where exported bundles are looked for.",
+    help="Where exported bundles are looked for [see README: where things live].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
-def doctor(engines_dir: str, as_json: bool) -> None:
+def doctor(engines_dir: str | None, as_json: bool) -> None:
     """Check this machine: audio devices, onnxruntime providers (really tried), TensorRT, GPU,
     engines found, Python and package versions. Always exits 0; each line says ok/missing/error."""
     from metabgm_edge.doctor import format_checks, run_checks
 
-    checks = run_checks(engines_dir)
+    checks = run_checks(engines_dir or _engines())
     if as_json:
         click.echo(msgspec.json.format(msgspec.json.encode(checks), indent=2).decode())
     else:

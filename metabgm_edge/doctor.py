@@ -280,6 +280,31 @@ def check_provider(label: str, provider: str, options: dict[str, str] | None = N
     return Check(name=label, status=status, detail=detail, data={"provider": provider})
 
 
+def check_gpu_libraries() -> Check:
+    """The NVIDIA libraries onnxruntime-gpu's providers load: which are missing and how to get them."""
+    import onnxruntime as ort
+
+    from metabgm_edge.ort import gpulibs
+
+    libs = gpulibs.prepare()
+    data = msgspec.to_builtins(libs)
+    if not libs.missing:
+        return Check(
+            name="gpu libraries",
+            status="ok",
+            data=data,
+            detail=f"this onnxruntime {ort.__version__} has no GPU provider: everything runs on the CPU "
+            "(the GPU build or pip install 'metabgm-edge[gpu]' has them)",
+        )
+    rows = []
+    for provider in libs.missing:
+        rows.append(f"{provider}: " + (libs.reason(provider) or "every library it needs loads"))
+    searched = f" (searched {', '.join(libs.searched)} first)" if libs.searched else ""
+    status: Status = "missing" if any(libs.missing.values()) else "ok"
+    then = "; GPU bundles run on the CPU until then" if status == "missing" else ""
+    return Check(name="gpu libraries", status=status, data=data, detail="; ".join(rows) + searched + then)
+
+
 def check_tensorrt_library() -> Check:
     from metabgm_edge.ort import device
 
@@ -424,6 +449,29 @@ def check_engines(engines_dir: Path) -> Check:
     return Check(name="engines", status="ok", data=data, detail="; ".join(rows))
 
 
+def check_folders() -> Check:
+    """Where engines, profiles, logs and recordings live here, which rule chose each, and whether
+    it can be written."""
+    from metabgm_edge import paths
+
+    rows, data, problems = [], {}, []
+    for f in paths.all_folders():
+        path = Path(f.path)
+        state = "exists" if path.is_dir() else "not created yet"
+        existing = next((p for p in [path, *path.parents] if p.exists()), None)
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            state += ", NOT WRITABLE"
+            problems.append(f.kind)
+        rows.append(f"{f.kind} {path} ({f.why}; {state})")
+        data[f.kind] = {"path": str(path), "why": f.why, "exists": path.is_dir()}
+    packaged = "packaged build" if paths.frozen() else "Python install"
+    detail = f"{packaged}: " + "; ".join(rows)
+    if problems:
+        hint = ", ".join(paths.ENV[k] for k in problems)  # type: ignore[index]
+        return Check(name="folders", status="error", data=data, detail=f"{detail}; set {hint} or --data-dir")
+    return Check(name="folders", status="ok", data=data, detail=detail)
+
+
 def check_embedded_audio() -> Check:
     from metabgm_edge.audio import AudioRequest, open_audio_backend, render
 
@@ -452,10 +500,11 @@ def _guarded(name: str, fn: Callable[[], Check]) -> Check:
         )
 
 
-def run_checks(engines_dir: str | Path = "engines") -> list[Check]:
+def run_checks(engines_dir: str | Path | None = None) -> list[Check]:
+    from metabgm_edge import paths
     from metabgm_edge.ort.session import trt_options
 
-    engines = Path(engines_dir)
+    engines = Path(engines_dir) if engines_dir is not None else paths.engines_dir()
     checks: list[tuple[str, Callable[[], Check]]] = [
         ("python", check_python),
         ("packages", check_packages),
@@ -469,8 +518,10 @@ def run_checks(engines_dir: str | Path = "engines") -> list[Check]:
                 "tensorrt provider", "TensorrtExecutionProvider", trt_options(trt_fp16_enable=True)
             ),
         ),
+        ("gpu libraries", check_gpu_libraries),
         ("tensorrt", check_tensorrt_library),
         ("gpu", check_gpu),
+        ("folders", check_folders),
         ("engines", lambda: check_engines(engines)),
     ]
     return [_guarded(name, fn) for name, fn in checks]

@@ -23,6 +23,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from metabgm_edge.errors import MetabgmError
+from metabgm_edge.paths import find_profile
 
 Word = Annotated[str, Meta(min_length=1, max_length=32)]
 Words = Annotated[list[Word], Meta(max_length=16)]
@@ -66,7 +67,7 @@ DEFAULT_PROFILE = Profile()
 def load_profile(path: str | Path | None) -> Profile:
     if path is None:
         return DEFAULT_PROFILE
-    path = Path(path)
+    path = find_profile(path)  # a bare name: that profile in the profiles folder
     try:
         raw = path.read_bytes()
     except OSError as exc:

@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from metabgm_edge.bundle import Engine, Manifest, Target
 from metabgm_edge.errors import BundleError
-from metabgm_edge.ort import device
+from metabgm_edge.ort import device, gpulibs
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,10 @@ def _why_not(name: str, engine: Engine | None, available: list[str]) -> str | No
     if ORT_NAMES[name] not in available:
         extra = "metabgm-edge[gpu] (onnxruntime-gpu)" if name != "cpu" else "onnxruntime"
         return f"this onnxruntime {ort.__version__} has no {ORT_NAMES[name]} (install {extra})"
+    if name != "cpu":  # the NVIDIA libraries the provider loads, named with how to get each
+        missing = gpulibs.prepare().reason(name)
+        if missing:
+            return missing
     if name == "tensorrt":
         if engine is None:
             return "the bundle has no TensorRT engine for this graph"
