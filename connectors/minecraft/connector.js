@@ -107,7 +107,7 @@ async function detectVersion ({ host, port }) {
       const known = candidates.find(v => minecraftData(v.minecraftVersion))
       if (!known) {
         throw new FatalError(`the server speaks protocol ${protocol} (${status.version && status.version.name}), ` +
-          'which this connector does not know; pass ?version=... or update connectors/minecraft')
+          `which this connector has no protocol data for; ${DATA_HINT.replaceAll('VERSION', status.version && status.version.name)}`)
       }
       return known.minecraftVersion
     } catch (err) {
@@ -121,7 +121,14 @@ async function detectVersion ({ host, port }) {
 
 class FatalError extends Error {}
 
+// What to do about a Minecraft version without protocol data: the packaged build says which data
+// pack to unpack where (metabgm-edge sets this); a checkout updates its npm packages.
+const DATA_HINT = process.env.METABGM_EDGE_MINECRAFT_DATA_HINT || 'pass ?version=... or update connectors/minecraft'
+
 function checkSupported (version) {
+  if (!minecraftData(version)) {
+    throw new FatalError(`no protocol data for Minecraft ${version}; ${DATA_HINT.replaceAll('VERSION', version)}`)
+  }
   const registry = require('prismarine-registry')(version)
   if (!registry || !registry.version) throw new FatalError(`no protocol data for Minecraft ${version}`)
   if (registry.version['<']('1.16')) {

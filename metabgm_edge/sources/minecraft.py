@@ -23,6 +23,12 @@ Query parameters (all optional): ``listen=HOST:PORT``, ``version=auto|1.16.5``, 
 ``hostile_radius=BLOCKS`` (32), ``attack_window=SECONDS`` (10), ``backoff_max=SECONDS`` (30).
 ``METABGM_EDGE_NODE`` names the node binary; ``METABGM_EDGE_MINECRAFT_CONNECTOR`` the connector's
 folder (default: connectors/minecraft in the source checkout).
+
+The packaged build carries the connector as one bundled script (packaging/minecraft/build.js) without
+its protocol data: that is a data pack per Minecraft version, unpacked into
+``$METABGM_EDGE_MINECRAFT_DATA`` (default: ``minecraft/`` in the user data folder). Without Node.js,
+the connector's single executable ``metabgm-edge-minecraft`` (a separate download) runs it, found in
+that folder or beside the program.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -49,6 +56,10 @@ log = logging.getLogger(__name__)
 
 NODE_ENV: Final = "METABGM_EDGE_NODE"
 CONNECTOR_ENV: Final = "METABGM_EDGE_MINECRAFT_CONNECTOR"
+DATA_ENV: Final = "METABGM_EDGE_MINECRAFT_DATA"
+HINT_ENV: Final = "METABGM_EDGE_MINECRAFT_DATA_HINT"
+EXECUTABLE: Final = "metabgm-edge-minecraft" + (".exe" if os.name == "nt" else "")
+DATA_PACK: Final = "metabgm-edge-minecraft-data-VERSION.tar.gz"
 DEFAULT_LISTEN: Final = "127.0.0.1:25566"
 MIN_NODE_MAJOR: Final = 20
 STALL_S: Final = 3.0
@@ -103,6 +114,57 @@ def check_connector(folder: Path) -> Path:
             f"the Minecraft connector's npm packages are not installed in {folder}: {SETUP_HINT}"
         )
     return script
+
+
+def minecraft_data_dir() -> Path:
+    """Where a packaged build's Minecraft protocol data packs are unpacked."""
+    from metabgm_edge import paths
+
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else paths.data_root() / "minecraft"
+
+
+def is_bundled(folder: Path) -> bool:
+    """A connector bundled into one script (the packaged build's) rather than a checkout with node_modules."""
+    try:
+        return bool(json.loads((folder / "package.json").read_text(encoding="utf-8")).get("bundled"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def single_executable() -> Path | None:
+    """The connector's single executable (node and the script in one file), if the player has it."""
+    places = [minecraft_data_dir()]
+    if getattr(sys, "frozen", False):
+        places.append(Path(sys.executable).resolve().parent)
+    return next((p / EXECUTABLE for p in places if (p / EXECUTABLE).is_file()), None)
+
+
+def locate_connector(folder: Path) -> tuple[str, Path | None, dict[str, str] | None]:
+    """(program, script or None, environment or None) that run the connector in ``folder``."""
+    if not is_bundled(folder):
+        node = find_node()
+        return node, check_connector(folder), None
+    script = folder / "connector.js"
+    exe = single_executable()
+    try:
+        program, run_script = find_node(), script
+    except SourceError:
+        if exe is None:
+            raise SourceError(
+                f"the Minecraft connector needs Node.js {MIN_NODE_MAJOR} or newer (nodejs.org; or set "
+                f"{NODE_ENV}), or its single executable {EXECUTABLE} (a separate download) in "
+                f"{minecraft_data_dir()}: neither was found"
+            ) from None
+        program, run_script = str(exe), None
+    data = minecraft_data_dir()
+    unpack = f"download {DATA_PACK} (for the Minecraft version you play) and unpack it into {data}"
+    if not (data / "node_modules" / "minecraft-data" / "package.json").is_file():
+        raise SourceError(
+            f"the Minecraft protocol data is not installed in {data}: {unpack} "
+            f"(or set {DATA_ENV} to where it is)"
+        )
+    return program, run_script, {**os.environ, DATA_ENV: str(data), HINT_ENV: unpack}
 
 
 def _number(name: str, value: Any, low: float, high: float, *, low_open: bool = True) -> float:
@@ -165,9 +227,8 @@ class MinecraftSource(LiveSource):
         self.attack_window = _number("attack_window", attack_window, 0, 600)
         self.backoff_max = _number("backoff_max", backoff_max, 0.5, 600, low_open=False)
         self.uri = f"minecraft://{_join(host, self.port)}"
-        self.node = find_node()
         self.folder = connector_dir()
-        self.script = check_connector(self.folder)
+        self.node, self.script, self._env = locate_connector(self.folder)
 
         self.listening = threading.Event()
         """Set while the connector's proxy accepts the player's client."""
@@ -265,7 +326,7 @@ class MinecraftSource(LiveSource):
 
     def _command(self) -> list[str]:
         return [
-            self.node, str(self.script),
+            self.node, *([str(self.script)] if self.script else []),
             "--server", _join(self.host, self.port),
             "--listen", _join(self.listen_host, self._listen_port),
             "--version", self.version,
@@ -287,6 +348,7 @@ class MinecraftSource(LiveSource):
                     stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE,
                     cwd=self.folder,
+                    env=self._env,
                     start_new_session=True,  # Ctrl-C goes to the runtime, which then closes the connector
                 )
             except OSError as exc:
