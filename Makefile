@@ -8,13 +8,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PLAY_ARGS ?=
+MINECRAFT_VERSIONS ?= 1.16.5 1.18.2 1.20.1
+PACKAGING_NPM := packaging/minecraft/node_modules/.stamp
 
-.PHONY: play test lint bench bench-llm bench-musicgen clean
+.PHONY: play test lint bench bench-llm bench-musicgen package package-gpu clean
 
 play: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge play $(PLAY_ARGS)
 
-test: $(VENV)/.stamp-test connectors/minecraft/node_modules/.stamp scripts/setup-audio.sh
+test: $(VENV)/.stamp-test connectors/minecraft/node_modules/.stamp $(PACKAGING_NPM) scripts/setup-audio.sh
 	sh scripts/setup-audio.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
@@ -32,6 +34,22 @@ bench-llm: $(VENV)/.stamp-test
 # transformers eager vs this runtime (fp32/int8/int4) at musicgen-small size, random weights.
 bench-musicgen: $(VENV)/.stamp-test
 	$(BIN)/python benchmarks/musicgen_bench.py --rounds 2
+
+# The packaged build (README, "Packaged builds"): dist/metabgm-edge/ (one folder), dist/metabgm-edge-onefile,
+# and the Minecraft connector's separate downloads: its single executable and protocol data per version.
+# Each freezer build has its own environment, build/env-cpu or build/env-gpu (packaging/build.py).
+package: connectors/minecraft/node_modules/.stamp $(PACKAGING_NPM)
+	nice -n 10 $(PYTHON) packaging/build.py --flavor cpu
+	nice -n 10 node packaging/minecraft/build.js sea dist/metabgm-edge-minecraft
+	nice -n 10 node packaging/minecraft/build.js data dist/minecraft-data $(MINECRAFT_VERSIONS)
+
+# onnxruntime-gpu (CUDA and TensorRT providers) instead of onnxruntime: dist/metabgm-edge-gpu[-onefile].
+package-gpu: connectors/minecraft/node_modules/.stamp $(PACKAGING_NPM)
+	nice -n 10 $(PYTHON) packaging/build.py --flavor gpu
+
+$(PACKAGING_NPM): packaging/minecraft/package.json packaging/minecraft/package-lock.json
+	cd packaging/minecraft && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,4 +70,4 @@ connectors/minecraft/node_modules/.stamp: connectors/minecraft/package.json conn
 	touch $@
 
 clean:
-	rm -rf $(VENV) connectors/minecraft/node_modules
+	rm -rf $(VENV) connectors/minecraft/node_modules packaging/minecraft/node_modules build dist

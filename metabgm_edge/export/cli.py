@@ -38,6 +38,11 @@ def _run(recipe_path: Path | None, force: bool, kind: str | None = None, **flags
             export_llm(recipe, force=force, progress=progress)
     except (RecipeError, MetabgmError) as exc:
         raise click.ClickException(str(exc)) from None
+    except ModuleNotFoundError as exc:  # the packaged build leaves the export tools out
+        raise click.ClickException(
+            f"export needs the export extra ({exc.name} is missing): pip install 'metabgm-edge[export]' "
+            "(the packaged build plays bundles but cannot make them)"
+        ) from None
     except MemoryError:
         raise click.ClickException("the export ran out of memory; see the recipe for what it needs") from None
 
