@@ -187,6 +187,8 @@ def check_packages() -> Check:
         except metadata.PackageNotFoundError:
             versions[name] = None
     required = [n for n in PACKAGES if n not in OPTIONAL]
+    if versions["onnxruntime-gpu"] is not None:  # onnxruntime-gpu is onnxruntime (the GPU build's)
+        required.remove("onnxruntime")
     missing = [n for n in required if versions[n] is None]
     shown = ", ".join(f"{n} {v}" for n, v in versions.items() if v is not None)
     absent = ", ".join(f"{n} ({OPTIONAL[n]})" for n in OPTIONAL if versions[n] is None)
@@ -275,6 +277,14 @@ def check_onnxruntime() -> Check:
 
 def check_provider(label: str, provider: str, options: dict[str, str] | None = None) -> Check:
     status, detail = try_provider(provider, options)
+    if status == "error":  # name the library that is missing rather than onnxruntime's long message
+        from metabgm_edge.ort import gpulibs
+
+        name = "tensorrt" if provider == "TensorrtExecutionProvider" else "cuda"
+        if gpulibs.prepare().reason(name):
+            detail = (
+                f"the libraries it loads are missing (see gpu libraries below); onnxruntime: {detail[:160]}"
+            )
     if status == "missing":
         detail += " (pip install 'metabgm-edge[gpu]' for onnxruntime-gpu; LLM bundles then run on CPU)"
     return Check(name=label, status=status, detail=detail, data={"provider": provider})

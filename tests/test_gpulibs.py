@@ -48,18 +48,20 @@ def fake_cuda_build(monkeypatch: pytest.MonkeyPatch, needs: list[str]) -> None:
     )
     monkeypatch.setattr(gpulibs, "_provider_library", lambda provider: Path(ort.__file__))
     monkeypatch.setattr(gpulibs, "elf_needed", lambda path: needs)
+    monkeypatch.setattr(gpulibs, "cuda_major", lambda: "13")  # onnxruntime-gpu 1.31 on PyPI: CUDA 13
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux library names")
 def test_each_missing_library_is_named_with_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_cuda_build(monkeypatch, ["libcublasLt.so.12", "libcudnn.so.9", "libstdc++.so.6", "libz.so.1"])
+    fake_cuda_build(monkeypatch, ["libcublasLt.so.13", "libcudnn.so.9", "libstdc++.so.6", "libz.so.1"])
     libs = gpulibs.prepare()
     names = [m.library for m in libs.missing["cuda"]]
-    assert names == ["libcuda.so.1", "libcublasLt.so.12", "libcudnn.so.9"]  # libz loads here: not listed
+    assert names == ["libcuda.so.1", "libcublasLt.so.13", "libcudnn.so.9"]  # libz loads here: not listed
     reason = libs.reason("cuda")
-    assert "libcudnn.so.9 (cuDNN 9) is missing: cuDNN 9 for CUDA 12" in reason
-    assert "pip install nvidia-cublas-cu12" in reason
-    assert "libcuda.so.1 (the NVIDIA driver)" in reason
+    assert reason.startswith("missing libcuda.so.1 (the NVIDIA driver): install the NVIDIA driver")
+    assert "missing libcublasLt.so.13 (cuBLAS): the CUDA 13 Toolkit's runtime libraries" in reason
+    assert "missing libcudnn.so.9 (cuDNN 9): cuDNN 9 for CUDA 13 (developer.nvidia.com/cudnn)" in reason
+    assert "pip install 'onnxruntime-gpu[cuda,cudnn]'" in reason
     assert gpulibs.CUDA_DIR_ENV in reason
     assert "tensorrt" not in libs.missing  # this build has no TensorRT provider
     check = check_gpu_libraries()
@@ -114,3 +116,11 @@ def test_a_cpu_onnxruntime_needs_no_gpu_library() -> None:
     libs = gpulibs.prepare()
     assert libs.missing == {} and libs.reason("cuda") is None
     assert check_gpu_libraries().status == "ok"
+
+
+def test_windows_names_follow_the_cuda_version() -> None:
+    assert gpulibs.windows_needs("cuda", "12")[:4] == [
+        "cudart64_12.dll", "cublas64_12.dll", "cublasLt64_12.dll", "cufft64_11.dll"
+    ]  # fmt: skip
+    assert "cufft64_12.dll" in gpulibs.windows_needs("cuda", "13")
+    assert gpulibs.windows_needs("tensorrt", "13") == ["nvinfer_10.dll", "nvonnxparser_10.dll"]

@@ -346,3 +346,32 @@ def test_a_minecraft_version_without_data_says_which_pack_to_get(packaged: Path,
     said = [ln for ln in lines if wanted in ln]
     assert said and str(data) in said[0], "".join(lines) + rest
     assert proc.returncode == 0, rest
+
+
+@pytest.mark.skipif(
+    not os.environ.get("METABGM_EDGE_PACKAGE_GPU"),
+    reason="METABGM_EDGE_PACKAGE_GPU=dist/metabgm-edge-gpu after `make package-gpu` (not built by make test)",
+)
+def test_the_gpu_build_names_what_is_missing_and_plays_on_the_cpu(tmp_path: Path, smollm2_bundle) -> None:  # noqa: F811
+    """The GPU build on a machine without CUDA (this one): each missing NVIDIA library named, and a
+    bundle made for CUDA plays on the CPU."""
+    exe = Path(os.environ["METABGM_EDGE_PACKAGE_GPU"]).resolve() / "metabgm-edge-gpu"
+    doctor = run_clean(exe, "doctor", "--json", home=tmp_path)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+    assert "CUDAExecutionProvider" in checks["onnxruntime"]["data"]["built_with"]
+    assert checks["packages"]["status"] == "ok", checks["packages"]
+    libs = checks["gpu libraries"]
+    assert libs["status"] == "missing" and "libcuda.so.1 (the NVIDIA driver)" in libs["detail"]
+    cuda_bundle = tmp_path / "smollm2-cuda"
+    shutil.copytree(smollm2_bundle("int8"), cuda_bundle)
+    manifest = json.loads((cuda_bundle / "manifest.json").read_text())
+    (cuda_bundle / "manifest.json").write_text(json.dumps({**manifest, "target": "cuda"}))
+    out = tmp_path / "gpu.wav"
+    proc = run_clean(
+        exe, "play", "--fast", "--duration", "10", "--deadline", "120", "--text", str(cuda_bundle),
+        "--out", str(out), home=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "smollm2-cuda: not using cuda: missing libcuda.so.1 (the NVIDIA driver)" in proc.stderr
+    assert "decoder runs on cpu" in proc.stderr
+    assert audible(out)[1] > 0.01

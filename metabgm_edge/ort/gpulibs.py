@@ -10,13 +10,16 @@ named with how to get it, once, and the session runs on the CPU instead.
 ``<data dir>/cuda`` and from the nvidia wheels beside onnxruntime (``onnxruntime.preload_dlls()``),
 then checks what each provider library needs. On Linux the list is read from the provider
 library itself (its ELF ``DT_NEEDED`` entries), so it is what this onnxruntime was built against;
-on Windows it is the CUDA 12 / cuDNN 9 set onnxruntime-gpu documents.
+on Windows it is the CUDA / cuDNN 9 set onnxruntime-gpu documents for the CUDA version it was
+built with (onnxruntime-gpu 1.31 on PyPI is built for CUDA 13: libcudart.so.13, libcublas.so.13).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import io
 import logging
 import os
 import struct
@@ -33,26 +36,17 @@ PROVIDER_LIBS: Final = {
     "cuda": "onnxruntime_providers_cuda",
     "tensorrt": "onnxruntime_providers_tensorrt",
 }
-WINDOWS_NEEDS: Final = {
-    "cuda": ["cudart64_12.dll", "cublas64_12.dll", "cublasLt64_12.dll", "cufft64_11.dll",
-             "curand64_10.dll", "cudnn64_9.dll"],
-    "tensorrt": ["nvinfer_10.dll", "nvinfer_plugin_10.dll", "nvonnxparser_10.dll"],
-}  # fmt: skip
-_TOOLKIT: Final = "the CUDA Toolkit 12 (developer.nvidia.com/cuda-downloads)"
-_TRT: Final = ("TensorRT 10", "TensorRT 10 (developer.nvidia.com/tensorrt) or pip install tensorrt-cu12-libs")
-HOW: Final = (
-    # (library name prefixes on Linux and Windows, what it is, how to get it)
-    (("libcuda.", "nvcuda"), "the NVIDIA driver", "install the NVIDIA driver for your GPU"),
-    (("libcudart", "cudart"), "the CUDA runtime", f"{_TOOLKIT} or pip install nvidia-cuda-runtime-cu12"),
-    (("libcublas", "cublas"), "cuBLAS", f"{_TOOLKIT} or pip install nvidia-cublas-cu12"),
-    (("libcufft", "cufft"), "cuFFT", f"{_TOOLKIT} or pip install nvidia-cufft-cu12"),
-    (("libcurand", "curand"), "cuRAND", f"{_TOOLKIT} or pip install nvidia-curand-cu12"),
-    (
-        ("libcudnn", "cudnn"),
-        "cuDNN 9",
-        "cuDNN 9 for CUDA 12 (developer.nvidia.com/cudnn) or pip install nvidia-cudnn-cu12",
-    ),
-    (("libnvinfer", "nvinfer", "libnvonnxparser", "nvonnxparser"), *_TRT),
+DRIVER: Final = ("the NVIDIA driver", "install the NVIDIA driver for your GPU")
+# (library name prefixes on Linux and Windows, what it is): how to get each is said with the CUDA
+# version this onnxruntime was built for (CUDA 12 and 13 builds need different libraries).
+KINDS: Final = (
+    (("libcudart", "cudart"), "the CUDA runtime"),
+    (("libcublas", "cublas"), "cuBLAS"),
+    (("libcufft", "cufft"), "cuFFT"),
+    (("libcurand", "curand"), "cuRAND"),
+    (("libnvrtc", "nvrtc"), "NVRTC"),
+    (("libcudnn", "cudnn"), "cuDNN 9"),
+    (("libnvinfer", "nvinfer", "libnvonnxparser", "nvonnxparser"), "TensorRT 10"),
 )
 SYSTEM: Final = ("libc.", "libm.", "libdl.", "libpthread.", "librt.", "libstdc++", "libgcc_s", "ld-linux")
 
@@ -61,9 +55,6 @@ class Missing(msgspec.Struct, frozen=True):
     library: str
     what: str
     how: str
-
-    def line(self) -> str:
-        return f"{self.library} ({self.what}) is missing: {self.how}"
 
 
 class GpuLibraries(msgspec.Struct, kw_only=True):
@@ -75,19 +66,53 @@ class GpuLibraries(msgspec.Struct, kw_only=True):
     """Per provider (``cuda``, ``tensorrt``): what it needs that does not load here."""
 
     def reason(self, provider: str) -> str | None:
+        """What is missing for ``provider`` and how to get it, in one line (None: nothing)."""
         gone = self.missing.get(provider) or []
         if not gone:
             return None
-        where = f"; or put them in a folder and set {CUDA_DIR_ENV} to it"
-        return "; ".join(m.line() for m in gone) + where
+        by_how: dict[str, list[Missing]] = {}
+        for m in sorted(gone, key=lambda m: m.what != DRIVER[0]):  # the driver first
+            by_how.setdefault(m.how, []).append(m)
+        parts = []
+        for how, libs in by_how.items():
+            names = ", ".join(f"{m.library} ({m.what})" for m in libs)
+            parts.append(f"missing {names}: {how}")
+        return "; ".join(parts) + f"; or put the libraries in a folder and set {CUDA_DIR_ENV} to it"
 
 
-def _how(library: str) -> tuple[str, str]:
+def cuda_major() -> str:
+    """The CUDA major version this onnxruntime-gpu was built with ("12", "13"; "" for a CPU build)."""
+    try:
+        from onnxruntime.capi import build_and_package_info as info
+    except ImportError:
+        return ""
+    return str(getattr(info, "cuda_version", "") or "").split(".")[0]
+
+
+def windows_needs(provider: str, major: str) -> list[str]:
+    """The DLLs onnxruntime-gpu's providers load on Windows (its documented CUDA / cuDNN set)."""
+    cufft = "12" if major.isdigit() and int(major) >= 13 else "11"
+    if provider == "tensorrt":
+        return ["nvinfer_10.dll", "nvonnxparser_10.dll"]
+    return [f"cudart64_{major}.dll", f"cublas64_{major}.dll", f"cublasLt64_{major}.dll",
+            f"cufft64_{cufft}.dll", "curand64_10.dll", "cudnn64_9.dll"]  # fmt: skip
+
+
+def _how(library: str, major: str) -> tuple[str, str]:
     low = library.lower()
-    for prefixes, what, how in HOW:
-        if low.startswith(prefixes):
-            return what, how
-    return "a library the GPU provider needs", "install it, or put it in a folder named by " + CUDA_DIR_ENV
+    cuda = f"CUDA {major}" if major else "CUDA"
+    if low.startswith(("libcuda.", "nvcuda")):
+        return DRIVER
+    pip = "or, for a Python install, pip install 'onnxruntime-gpu[cuda,cudnn]'"
+    for prefixes, what in KINDS:
+        if not low.startswith(prefixes):
+            continue
+        if what == "cuDNN 9":
+            return what, f"cuDNN 9 for {cuda} (developer.nvidia.com/cudnn) {pip}"
+        if what == "TensorRT 10":
+            return what, f"TensorRT 10 for {cuda} (developer.nvidia.com/tensorrt)"
+        return what, f"the {cuda} Toolkit's runtime libraries (developer.nvidia.com/cuda-downloads) {pip}"
+    return "a library the GPU provider needs", f"install it, or put it in a folder named by {CUDA_DIR_ENV}"
 
 
 def elf_needed(path: Path) -> list[str]:
@@ -198,20 +223,25 @@ def prepare() -> GpuLibraries:
     for folder in search_dirs():
         searched.append(str(folder))
         preloaded += _preload_folder(folder)
-    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
-    if preload is not None:
-        try:
-            preload(directory="")  # the nvidia-*-cu12 wheels beside onnxruntime, when installed
-        except Exception as exc:  # it raises or prints for what it does not find: not fatal
-            log.debug("onnxruntime.preload_dlls: %s", exc)
     available = ort.get_available_providers()
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is not None and "CUDAExecutionProvider" in available:
+        said = io.StringIO()
+        try:  # it prints what it cannot load (to stdout, where `doctor --json` writes): keep that for -v
+            with contextlib.redirect_stdout(said):
+                preload(directory="")  # the nvidia wheels beside onnxruntime, when installed
+        except Exception as exc:  # it raises for a folder that is not there: not fatal
+            log.debug("onnxruntime.preload_dlls: %s", exc)
+        if said.getvalue().strip():
+            log.debug("onnxruntime.preload_dlls: %s", " | ".join(said.getvalue().split("\n")).strip(" |"))
+    major = cuda_major()
     missing: dict[str, list[Missing]] = {}
     for provider, ort_name in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
         if ort_name not in available:
             continue
         library = _provider_library(provider)
         if sys.platform == "win32":
-            needs = list(WINDOWS_NEEDS[provider])
+            needs = windows_needs(provider, major)
         else:
             needs = [n for n in elf_needed(library) if not n.startswith(SYSTEM)] if library else []
             if library is not None and not any(n.startswith("libcuda.") for n in needs):
@@ -223,7 +253,7 @@ def prepare() -> GpuLibraries:
             if "onnxruntime_providers_shared" in name:
                 continue
             if not _loads(name):
-                gone.append(Missing(name, *_how(name)))
+                gone.append(Missing(name, *_how(name, major)))
         missing[provider] = gone
     result = GpuLibraries(searched=searched, preloaded=preloaded, missing=missing)
     for provider, gone in missing.items():
