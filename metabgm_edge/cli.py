@@ -329,7 +329,8 @@ def play(
     """Play a live soundtrack for SOURCE (Ctrl-C stops; the WAV and log stay valid).
 
     With nothing configured: the simulated tour, the composer rules and the embedded synthesizer,
-    on the default output device; on a machine without one, into --out or metabgm-edge-TIME.wav.
+    on the default output device; on a machine without one, into --out or metabgm-edge-TIME.wav in
+    the recordings folder (see `metabgm-edge doctor`).
     """
     from metabgm_edge import paths
     from metabgm_edge.listener_profile import load_profile
