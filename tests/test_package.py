@@ -260,14 +260,22 @@ def unpack_data_pack(tmp_path: Path, version: str) -> Path:
 
 @pytest.mark.minecraft
 @pytest.mark.skipif(minecraft_harness.skip_reason() is not None, reason=str(minecraft_harness.skip_reason()))
-def test_minecraft_through_the_packaged_connector(packaged: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("runner", ["node", "single-executable"])
+def test_minecraft_through_the_packaged_connector(packaged: Path, tmp_path: Path, runner: str) -> None:
     """A real server, the player's client, and the packaged build's bundled connector with the 1.16.5
-    data pack: the music follows the game (night falls on the server, the session log shows it)."""
+    data pack, run by node or (no Node.js: the player has the single executable) by
+    metabgm-edge-minecraft: the music follows the game (night falls, the session log shows it)."""
     data = unpack_data_pack(tmp_path, "1.16.5")
+    node = NODE
+    if runner == "single-executable":
+        sea = tmp_path / "sea"
+        subprocess.run([NODE, str(ROOT / "packaging/minecraft/build.js"), "sea", str(sea)], check=True)
+        shutil.copy2(sea / "metabgm-edge-minecraft", data / "metabgm-edge-minecraft")
+        node = "no-node-on-this-pc"  # so the connector can only run as the single executable
     port, listen = minecraft_harness.free_port(), minecraft_harness.free_port()
     server = minecraft_harness.TestServer(port)
     log, out = tmp_path / "mc.jsonl", tmp_path / "mc.wav"
-    env = [f"HOME={tmp_path}", f"METABGM_EDGE_NODE={NODE}", f"METABGM_EDGE_MINECRAFT_DATA={data}"]
+    env = [f"HOME={tmp_path}", f"METABGM_EDGE_NODE={node}", f"METABGM_EDGE_MINECRAFT_DATA={data}"]
     uri = f"minecraft://127.0.0.1:{port}?listen=127.0.0.1:{listen}&version=1.16.5"
     args = [
         "play",
