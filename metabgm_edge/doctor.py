@@ -424,6 +424,37 @@ def check_engines(engines_dir: Path) -> Check:
     return Check(name="engines", status="ok", data=data, detail="; ".join(rows))
 
 
+def check_musicgen(engines_dir: Path) -> Check:
+    """Does the MusicGen bundle ``--audio auto`` would consider keep up here? (A 2 s render.)"""
+    from metabgm_edge.audio import open_audio_backend
+    from metabgm_edge.bundle import default_bundle
+    from metabgm_edge.ort.session import has_gpu_provider
+    from metabgm_edge.scheduler import SPEED_MARGIN
+
+    found = default_bundle(engines_dir, "musicgen", gpu=has_gpu_provider()) if engines_dir.is_dir() else None
+    if found is None:
+        return Check(
+            name="musicgen",
+            status="missing",
+            detail="no MusicGen bundle that runs here: the synthesizer plays (export one with "
+            "`metabgm-edge export musicgen`)",
+        )
+    backend = open_audio_backend(str(found))
+    speed = backend.realtime_factor()
+    data = {"bundle": str(found), "backend": backend.name, "realtime_factor": speed}
+    if speed >= SPEED_MARGIN:
+        detail = f"{backend.name} renders {speed:.2f} s of audio per second here: `play --audio auto` uses it"
+        return Check(name="musicgen", status="ok", data=data, detail=detail)
+    return Check(
+        name="musicgen",
+        status="missing",
+        data=data,
+        detail=f"{backend.name} renders only {speed:.2f} s of audio per second here (it needs "
+        f"{SPEED_MARGIN}): `play --audio auto` keeps the synthesizer; `--audio {found} --if-slow queue` "
+        "plays it late",
+    )
+
+
 def check_embedded_audio() -> Check:
     from metabgm_edge.audio import AudioRequest, open_audio_backend, render
 
@@ -472,6 +503,7 @@ def run_checks(engines_dir: str | Path = "engines") -> list[Check]:
         ("tensorrt", check_tensorrt_library),
         ("gpu", check_gpu),
         ("engines", lambda: check_engines(engines)),
+        ("musicgen", lambda: check_musicgen(engines)),
     ]
     return [_guarded(name, fn) for name, fn in checks]
 

@@ -20,7 +20,7 @@ from metabgm_edge.cli import main
 
 CHECKS = [
     "python", "packages", "audio output", "synthesizer", "onnxruntime", "cuda", "tensorrt provider",
-    "tensorrt", "gpu", "engines",
+    "tensorrt", "gpu", "engines", "musicgen",
 ]  # fmt: skip
 RUN_CLI = "from metabgm_edge.cli import run; run()"
 
