@@ -201,7 +201,8 @@ def ort_greedy(llm: LLM, ids: list[int], steps: int) -> list[int]:
 
 SETTINGS = {
     "plain greedy": {},
-    "repetition penalty and 3-gram blocking": {"repetition_penalty": 1.3, "no_repeat_ngram_size": 3},
+    "repetition penalty": {"repetition_penalty": 1.3},
+    "2-gram blocking": {"no_repeat_ngram_size": 2},
 }
 
 
@@ -223,6 +224,14 @@ def check_generate_parity(
     assert len(set(theirs)) > 3  # a real trajectory, not one token repeated
     rows = runtime_rows(llm, ids, theirs)
     np.testing.assert_allclose(rows, logits[: len(rows)], atol=atol, rtol=atol / 2)
+    if settings:  # the setting changed the answer: the comparison saw it at work
+        plain = llm.generate(
+            ids,
+            GenerationConfig(
+                max_new_tokens=steps, do_sample=False, repetition_penalty=1.0, no_repeat_ngram_size=0
+            ),
+        )
+        assert plain.token_ids != ours.token_ids
     if settings.get("no_repeat_ngram_size"):  # no generated n-gram occurs earlier in prompt + answer
         n, seq = settings["no_repeat_ngram_size"], ids + ours.token_ids
         for j in range(len(ids), len(seq)):

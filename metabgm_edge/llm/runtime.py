@@ -45,6 +45,8 @@ class GenerationConfig(msgspec.Struct, kw_only=True, frozen=True):
     """Per-call knobs. ``None`` means the bundle's default (its manifest's ``generation``)."""
 
     max_new_tokens: int | None = None
+    min_new_tokens: int = 0
+    """Stop tokens are not chosen before this many new tokens (transformers' ``min_new_tokens``)."""
     do_sample: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -312,7 +314,11 @@ class LLM:
         )
         state = self._acquire()
         try:
-            return (yield from self._loop(state, prompt_ids, max_new, stop_strings, blocker, seen, sampler))
+            return (
+                yield from self._loop(
+                    state, prompt_ids, (cfg.min_new_tokens, max_new), stop_strings, blocker, seen, sampler
+                )
+            )
         finally:
             self._states.append(state)
 
@@ -320,16 +326,20 @@ class LLM:
         self,
         state: DecodeState,
         prompt_ids: Sequence[int],
-        max_new: int,
+        lengths: tuple[int, int],
         stop_strings: Sequence[str],
         blocker: sampling.NgramBlocker,
         seen: np.ndarray,
         sampler: sampling.Sampler,
     ) -> Iterator[int]:
+        min_new, max_new = lengths
         logits = state.forward(prompt_ids)
         generated: list[int] = []
         while True:
-            token = sampler(logits, np.flatnonzero(seen), blocker.banned())
+            banned = blocker.banned()
+            if len(generated) < min_new:
+                banned = [*banned, *self.stop_token_ids]
+            token = sampler(logits, np.flatnonzero(seen), banned)
             if token in self.stop_token_ids:
                 return "stop_token"
             generated.append(token)
