@@ -17,6 +17,7 @@ replays the step as a CUDA graph. The same code runs on the CPU, where the tests
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -89,6 +90,7 @@ class DecodeState:
             self._binding.bind_ortvalue_output("logits", self._logits.value)
         else:
             self._binding.bind_output("logits", llm.device)
+        self._decode_options, self._prompt_options = llm.run_options()
         self._decoding = False
         self.length = 0
 
@@ -129,7 +131,8 @@ class DecodeState:
             b.bind_cpu_input("position_ids", np.arange(self.length, self.length + n, dtype=np.int64)[None, :])
         self._mask.array[0, self.length : self.length + n] = 1
         self._mask.sync()
-        llm.session.run_with_iobinding(b, llm.run_options(n == 1 and "position_ids" not in llm.input_names))
+        replayable = n == 1 and "position_ids" not in llm.input_names
+        llm.session.run_with_iobinding(b, self._decode_options if replayable else self._prompt_options)
         self.length += n
         if not llm.section.cache.logits_last_only:
             return np.asarray(b.get_outputs()[-1].numpy()[0, -1], dtype=np.float32)
@@ -176,13 +179,7 @@ class LLM:
         self.logits_dtype = np.float16 if "float16" in logits_type else np.float32
         self.max_chunk: int | None = None
         """Longest piece of prompt one step takes: the TensorRT profile's maximum, else unlimited."""
-        self._decode_options = ort.RunOptions()
-        self._prefill_options = ort.RunOptions()
-        if opened.provider == "cuda":
-            # CUDA graphs: decode steps (same shapes and addresses every time) are captured once
-            # and replayed; prompt runs, whose length varies, are never captured.
-            self._decode_options.add_run_config_entry("gpu_graph_id", "1")
-            self._prefill_options.add_run_config_entry("gpu_graph_id", "-1")
+        self._graph_ids = itertools.count(1)
         profile = self._profile(manifest, opened.provider)
         if profile is not None:
             self.max_chunk = profile.max.get("input_ids", [1, 0])[1] or None
@@ -204,8 +201,15 @@ class LLM:
             return decoder_profile(manifest.graphs["decoder"], manifest.llm.cache, DEFAULT_MAX_PROMPT)
         return None
 
-    def run_options(self, decode: bool) -> ort.RunOptions:
-        return self._decode_options if decode else self._prefill_options
+    def run_options(self) -> tuple[ort.RunOptions, ort.RunOptions]:
+        """(decode, prompt) run options of a new sequence. On CUDA each sequence's decode step
+        (same shapes and addresses every time) is captured once as its own CUDA graph and replayed;
+        prompt runs, whose length varies, are never captured."""
+        decode, prompt = ort.RunOptions(), ort.RunOptions()
+        if self.provider == "cuda":
+            decode.add_run_config_entry("gpu_graph_id", str(next(self._graph_ids)))
+            prompt.add_run_config_entry("gpu_graph_id", "-1")
+        return decode, prompt
 
     @classmethod
     def load(
