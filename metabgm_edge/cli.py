@@ -80,8 +80,12 @@ def open_text(spec: str) -> Any:
 
     if spec == "auto":
         from metabgm_edge.bundle import default_bundle
-        from metabgm_edge.ort.session import has_gpu_provider
 
+        try:
+            from metabgm_edge.ort.session import has_gpu_provider
+        except ImportError as exc:  # no onnxruntime: no bundle can run
+            log.info("text: composer rules (%s)", exc)
+            return open_text_backend("composer")
         found = default_bundle(ENGINES_DIR, "llm", gpu=has_gpu_provider())
         if found is None:
             log.info("text: composer rules (embedded default; no LLM bundle in %s/)", ENGINES_DIR)
@@ -99,9 +103,13 @@ def open_audio(spec: str, *, realtime: bool = True) -> Any:
     if spec != "auto":
         return open_audio_backend(spec)
     from metabgm_edge.bundle import default_bundle
-    from metabgm_edge.ort.session import has_gpu_provider
     from metabgm_edge.scheduler import SPEED_MARGIN
 
+    try:
+        from metabgm_edge.ort.session import has_gpu_provider
+    except ImportError as exc:  # no onnxruntime: no bundle can run
+        log.info("audio: the embedded synthesizer (%s)", exc)
+        return open_audio_backend("synth")
     found = default_bundle(ENGINES_DIR, "musicgen", gpu=has_gpu_provider())
     if found is None:
         log.info("audio: the embedded synthesizer (no MusicGen bundle in %s/)", ENGINES_DIR)

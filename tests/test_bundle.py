@@ -36,7 +36,9 @@ def make_manifest(**changes: object) -> Manifest:
         versions={"onnxruntime": "1.32.0"},
         graphs={"decoder": Graph(file="model.onnx", inputs=["input_ids"], outputs=["logits"], opset=18)},
         llm=LLMSection(
-            cache=KVCache(num_layers=1, num_kv_heads=1, head_dim=4, vocab_size=10, context_length=64),
+            cache=KVCache(
+                num_layers=1, num_kv_heads=1, head_dim=4, buffer="shared", vocab_size=10, context_length=64
+            ),
             chat=Chat(template="chatml"),
         ),
     )

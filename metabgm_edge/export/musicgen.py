@@ -346,7 +346,7 @@ def compile_decoder_engine(
             elif name.startswith("cross_"):
                 table[name] = [2, section.num_heads, t, section.head_dim]
     profile = bundle.ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
-    return compile_engine(stage, "decoder_static", spec, None, recipe.tensorrt, "fp16", profile=profile)
+    return compile_engine(stage, "decoder_static", spec, recipe.tensorrt, "fp16", profile)
 
 
 def smoke_test(stage: Path, target: str, progress: Progress) -> None:

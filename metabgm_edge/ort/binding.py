@@ -86,3 +86,21 @@ class Step:
     def run(self, run_options: ort.RunOptions | None = None) -> dict[str, ort.OrtValue]:
         self.session.run_with_iobinding(self.binding, run_options)
         return dict(zip(self._outputs, self.binding.get_outputs(), strict=True))
+
+
+class Mirror:
+    """A small host array and the tensor a session reads it from, at one fixed address.
+
+    On the CPU the tensor *is* the array (onnxruntime shares a NumPy array's memory on the host),
+    so writing the array is all it takes; on a GPU :meth:`sync` copies it into the same device
+    buffer, so a captured CUDA graph keeps reading the right place.
+    """
+
+    def __init__(self, array: np.ndarray, device: str) -> None:
+        self.array = np.ascontiguousarray(array)
+        self.device = device
+        self.value = ort.OrtValue.ortvalue_from_numpy(self.array, device, 0)
+
+    def sync(self) -> None:
+        if self.device != "cpu":
+            self.value.update_inplace(self.array)

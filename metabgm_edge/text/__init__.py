@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from msgspec import Struct
 
-from metabgm_edge.errors import BackendError
+from metabgm_edge.errors import NO_ONNXRUNTIME, BackendError
 from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 
 Stage = Literal["narrative", "description", "direct"]
@@ -54,7 +54,11 @@ def open_text_backend(spec: str | None = None) -> TextBackend:
         return Composer()
     path = Path(spec)
     if path.is_dir():
-        from metabgm_edge.text.llm import LLMText
+        try:
+            from metabgm_edge.text.llm import LLMText
+        except ImportError as exc:  # onnxruntime missing: say which extra to install
+            why = NO_ONNXRUNTIME if "onnxruntime" in f"{exc.name} {exc}" else str(exc)
+            raise BackendError(f"cannot run the LLM bundle {path}: {why}") from None
 
         return LLMText.load(path)
     raise BackendError(
