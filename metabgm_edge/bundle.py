@@ -203,6 +203,9 @@ class MusicGenSection(Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     """Most decoder steps (prompt + generated frames + codebook delay) the position table covers."""
     kv_dtype: Literal["float32", "float16"] = "float32"
     static_cache_length: int | None = None
+    max_text_tokens: int = 64
+    """The fixed-cache decoder's description length (T5 tokens): descriptions are padded (or cut)
+    to it so every shape of that graph is fixed."""
     codec_hop: int
     """Waveform samples per code frame."""
     defaults: MusicGenDefaults = msgspec.field(default_factory=MusicGenDefaults)
