@@ -94,7 +94,10 @@ def open_text(spec: str) -> Any:
 INTERVAL = click.FloatRange(2.0, 60.0)
 POSITIVE = click.FloatRange(min=0.0, min_open=True)
 PROFILE_HELP = "Listener profile (TOML or JSON): preferred/avoided genres and instruments, intensity."
-TEXT_HELP = "Text backend: auto (an LLM bundle in engines/, else composer), composer, or a bundle folder."
+TEXT_HELP = (
+    "Text backend: auto (an LLM bundle in engines/, else composer), composer, a bundle folder, "
+    "or an OpenAI-compatible server: http://HOST:PORT/v1[?model=NAME], openai:MODEL."
+)
 
 
 @main.command()
