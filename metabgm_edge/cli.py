@@ -13,8 +13,11 @@ import click
 import msgspec
 
 from metabgm_edge import __version__
+from metabgm_edge.dataset.cli import dataset
 from metabgm_edge.errors import MetabgmError
+from metabgm_edge.evaluation.cli import eval_command
 from metabgm_edge.export.cli import export
+from metabgm_edge.train.cli import finetune
 
 if TYPE_CHECKING:
     from metabgm_edge.stages import Mode
@@ -48,6 +51,9 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 main.add_command(export)
+main.add_command(dataset)  # the paper's Section III: paired data, fine-tuning, evaluation
+main.add_command(finetune)
+main.add_command(eval_command, "eval")
 
 
 def run() -> None:
