@@ -226,3 +226,21 @@ def test_finetune_cli_refuses_bad_options(tmp_path: Path) -> None:
         [*cli, "--out", str(tmp_path / "a"), "--layers", "x-y"], capture_output=True, text=True
     )
     assert done.returncode == 2 and "FROM-TO" in done.stderr
+
+
+def test_the_shipped_adapter_and_its_recipe() -> None:
+    """What play --text auto gets after `export --recipe export/smollm2-135m-metabgm.toml`."""
+    from metabgm_edge.export.recipe import load_recipe
+
+    tuned = load_recipe(ROOT / "export" / "smollm2-135m-metabgm.toml")
+    base = load_recipe(ROOT / "export" / "smollm2-135m-instruct.toml")
+    assert tuned.lora == "adapters/smollm2-135m-metabgm" and tuned.model == base.model == SMOLLM2
+    assert tuned.generation == base.generation  # the two bundles differ by the adapter alone
+    adapter = ROOT / tuned.lora
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8
+    assert (adapter / "adapter_model.safetensors").stat().st_size < 8 << 20
+    info = json.loads((adapter / "training.json").read_text())
+    assert info["config"]["seed"] == 7 and info["steps"] == info["config"]["max_steps"]
+    assert info["validation_loss_after"] < info["validation_loss_before"]
+    assert not (adapter / "checkpoints").exists()

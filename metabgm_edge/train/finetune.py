@@ -405,7 +405,7 @@ def finetune(
         val_after = _mean_loss(torch, model, validation, config.micro_batch, pad, device)
         say(f"validation loss after: {val_after:.4f}" + (f" (before {val_before:.4f})" if val_before else ""))
     model.save_pretrained(str(out))
-    _half_adapter(torch, out)
+    finish_adapter(out, config.model, command)
     _write_training(
         out,
         config,
@@ -427,17 +427,31 @@ def finetune(
     )
 
 
-def _half_adapter(torch: Any, out: Path) -> None:
-    """Store the final adapter in float16: half the size, and merged into fp32 weights the difference
-    is below float16's resolution of the LoRA product (checkpoints stay float32 for exact resumes)."""
+def finish_adapter(out: Path, model_spec: str, command: str) -> None:
+    """Make the saved peft folder what is shipped: weights in float16 (half the size; merged into
+    fp32 weights the difference is below float16's resolution of the LoRA product; checkpoints stay
+    float32 for exact resumes), the base model named by its spec rather than this machine's path,
+    and a README with the command instead of peft's empty model card."""
+    import torch
     from safetensors.torch import load_file, save_file
 
     path = out / "adapter_model.safetensors"
     weights = load_file(str(path))
-    save_file(
-        {k: v.to(torch.float16).contiguous() for k, v in weights.items()},
-        str(path),
-        metadata={"format": "pt"},
+    half = {k: v.to(torch.float16).contiguous() for k, v in weights.items()}
+    save_file(half, str(path), metadata={"format": "pt"})
+    path.chmod(0o644)
+    config_path = out / "adapter_config.json"
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = model_spec
+    config_path.write_text(json.dumps(adapter_config, indent=2) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(
+        f"# LoRA adapter for {model_spec}\n\n"
+        "Made by `metabgm-edge finetune` (training.json has the configuration, the seed, the data and "
+        "base model checksums and the losses; loss.jsonl the loss of every step):\n\n"
+        f"```sh\n{command}\n```\n\n"
+        f"Merge and export: `metabgm-edge export llm --model {model_spec} --lora {out} "
+        "--out engines/NAME`.\n",
+        encoding="utf-8",
     )
 
 
