@@ -154,23 +154,28 @@ def run_backend(
     )
 
 
-COLUMNS: Final = ("B-1", "B-2", "B-3", "B-4", "METEOR", "R-L", "music-ness", "s/seg med", "max", "errors")
+COLUMNS: Final = ("B-1", "B-2", "B-3", "B-4", "METEOR", "R-L", "music-ness", "s/seg p50", "max", "errors")
+_WIDTHS: Final = tuple(max(8, len(c) + 2) for c in COLUMNS)
 
 
 def format_table(results: Sequence[BackendResult], *, ablation: bool, header: str) -> str:
     width = max([len(r.label) for r in results] + [len(p[0]) for p in PAPER_TABLE_II]) + 2
-    lines = [header, "", "Model".ljust(width) + "".join(c.rjust(9) for c in COLUMNS)]
+    lines = [
+        header,
+        "",
+        "Model".ljust(width) + "".join(c.rjust(w) for c, w in zip(COLUMNS, _WIDTHS, strict=True)),
+    ]
     for r in results:
         s = r.scores
-        cells = [s["bleu1"], s["bleu2"], s["bleu3"], s["bleu4"], s["meteor"], s["rouge_l"], r.musicness]
-        lines.append(
-            r.label.ljust(width)
-            + "".join(f"{v:9.2f}" for v in cells)
-            + f"{r.seconds_median:9.2f}{r.seconds_max:9.2f}{r.errors:9d}"
-        )
+        cells = [s["bleu1"], s["bleu2"], s["bleu3"], s["bleu4"], s["meteor"], s["rouge_l"], r.musicness,
+                 r.seconds_median, r.seconds_max]  # fmt: skip
+        text = "".join(f"{v:{w}.2f}" for v, w in zip(cells, _WIDTHS, strict=False))
+        lines.append(r.label.ljust(width) + text + f"{r.errors:{_WIDTHS[-1]}d}")
     lines += ["", f"For reference, {PAPER_NOTE}:"]
     for name, *values in PAPER_TABLE_I if ablation else PAPER_TABLE_II:
-        lines.append(name.ljust(width) + "".join(f"{v:9.2f}" for v in values))
+        lines.append(
+            name.ljust(width) + "".join(f"{v:{w}.2f}" for v, w in zip(values, _WIDTHS, strict=False))
+        )
     return "\n".join(lines)
 
 
