@@ -7,12 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import llm_fixtures
 import pytest
 from llm_fixtures import SMOLLM2, make_tiny_llama, require_export_extra
 
 from metabgm_edge.dataset.pairs import Pair, Provenance, read_pairs, write_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
+# The session-scoped SmolLM2 export, shared with test_llm_export (built once per run).
+smollm2 = llm_fixtures.smollm2
+smollm2_bundle = llm_fixtures.smollm2_bundle
 PAIRS = ROOT / "data" / "pairs"
 
 
