@@ -270,7 +270,7 @@ def llama(tmp_path_factory) -> Iterator[LlamaServer]:
 
 @pytest.mark.slow
 def test_llama_cpp_server_writes_both_stages(llama: LlamaServer) -> None:
-    backend = open_text_backend(llama.url)
+    backend = open_text_backend(f"{llama.url}?timeout=180")  # generous: CI machines are shared
     assert backend.name == f"openai:{ALIAS}@127.0.0.1:{llama.port}"  # the model it serves, asked
     for mode in ("two-stage", "direct"):
         result = describe(FOREST, backend, mode=mode, seed=1)
@@ -286,12 +286,12 @@ def test_llama_cpp_server_writes_both_stages(llama: LlamaServer) -> None:
 def test_play_with_a_server_that_is_killed_mid_session(tmp_path: Path) -> None:
     server = LlamaServer(tmp_path / "server.log")
     try:
-        backend = open_text_backend(server.url)
+        backend = open_text_backend(f"{server.url}?timeout=180")  # a busy machine is slow, not broken
         s = Session(
             open_source("sim:tour?leg=10", seed=2),
             backend,
             open_audio_backend("synth"),
-            options=PlayOptions(fast=True, duration=50.0, interval=10.0, deadline=40.0),
+            options=PlayOptions(fast=True, duration=50.0, interval=10.0, deadline=120.0),
             out=tmp_path / "out.wav",
             log_path=tmp_path / "log.jsonl",
         )
@@ -329,6 +329,8 @@ def test_play_cli_with_a_server(llama: LlamaServer, tmp_path: Path) -> None:
             "--fast",
             "--duration",
             "20",
+            "--deadline",
+            "120",
             "--text",
             llama.url,
             "--out",
