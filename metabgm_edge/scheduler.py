@@ -190,8 +190,10 @@ class Session:
             if backend is self.composer:
                 return backend.generate(request)
             timeout = text_deadline - time.monotonic()
+            # The backend learns its time too, so a server call ends when the stage's share does.
+            bounded = msgspec.structs.replace(request, timeout=max(timeout, 0.0))
             try:
-                return self._text_guard.call(lambda: backend.generate(request), timeout)
+                return self._text_guard.call(lambda: backend.generate(bounded), timeout)
             except DeadlineMissed as exc:
                 reason = f"text.{request.stage}.deadline"
                 log.warning("%s; composer rules write the %s instead", exc, request.stage)
