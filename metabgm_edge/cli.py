@@ -108,8 +108,8 @@ def open_audio(spec: str, *, realtime: bool = True) -> Any:
 
     if spec != "auto":
         return open_audio_backend(spec)
+    from metabgm_edge.audio import SPEED_MARGIN
     from metabgm_edge.bundle import default_bundle
-    from metabgm_edge.scheduler import SPEED_MARGIN
 
     try:
         from metabgm_edge.ort.session import has_gpu_provider
