@@ -209,6 +209,8 @@ def test_drums_mark_the_beat_on_every_kit(synth: ProceduralSynth) -> None:
         "orchestral battle music with drums at 150 BPM",
         "folk song with hand percussion at 96 BPM",
         "ambient pad with soft drums at 60 BPM",
+        "slow, heavy and loud rock with distorted guitars and drums at 66 BPM",  # loud is not fast
+        "slow intense orchestral music with pounding drums at 72 BPM",
     ):
         audio, anchor = render(synth, text, SECONDS, None)
         assert anchor.drums is not None, text

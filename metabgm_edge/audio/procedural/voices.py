@@ -479,7 +479,7 @@ DRUM_HZ: Final = {"kick": 50.0, "kick_soft": 55.0, "snare": 185.0, "tom_low": 68
 """The pitched drums and their untuned fundamentals (the planner tunes them to the key)."""
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=96)
 def _drum_sample(name: str, variant: int, tune: float = 1.0) -> np.ndarray:
     rng = np.random.default_rng(1000 + 17 * variant + DRUMS.index(name))
     n = _drum_len(name)
@@ -639,8 +639,9 @@ def tilt(x: np.ndarray, brightness: float, pivot_hz: float = 900.0) -> np.ndarra
     pad = 1024  # keep the circular wrap of the edges out of the signal
     nfft = _fast_len(n + pad)
     f = np.fft.rfftfreq(nfft, 1.0 / SR)
-    gain = np.clip((np.maximum(f, 40.0) / pivot_hz) ** slope, 0.25, 4.0)
-    spec = np.fft.rfft(x, nfft, axis=1) * gain[None, :]
+    gain = np.clip((np.maximum(f, 40.0) / pivot_hz) ** slope, 0.25, 4.0).astype(np.float32)
+    spec = np.fft.rfft(x.astype(np.float32, copy=False), nfft, axis=1)
+    spec *= gain[None, :]
     return np.fft.irfft(spec, nfft, axis=1)[:, :n].astype(np.float32)
 
 
