@@ -3,7 +3,16 @@
 No weights: :mod:`.musicparse` reads tempo, key, mode, instruments, dynamics and mood; this
 module plans a bar at a time (a chord progression, a bass line, a melody grown from a motif,
 drums when rhythm is asked for) as :class:`Note` events, and :mod:`.voices` renders them into a
-reverberant room, through a DC blocker and a gentle limiter.
+reverberant room, through a spectral tilt, a DC blocker and a gentle limiter.
+
+What it plays carries the words the way a listener (or librosa, tests/test_listening.py) hears
+them: below 84 BPM nothing but drums plays between the beats and notes are long; from 140 BPM
+every beat is played alike (a backbeat would be heard as half the tempo); some voice always marks
+the beat (a kit that hits every beat, a struck accompaniment, or a plucked bass); with loud drums
+the held chords, the melody and the bass step back; brightness moves the register and tilts the
+spectrum; progressions start on the tonic and return to it, and drums are tuned to the key, so the
+key and mode asked are the ones heard; the master gain sets the loudness the dynamics ask for
+whatever the arrangement; "solo" is that instrument alone, and a lone melody gets chords and a bass.
 
 Continuity (the paper's melodic anchor) is a :class:`SynthAnchor`: key, mode, tempo, beat
 position, the motif, the progression, the last voicings, and the notes themselves:
