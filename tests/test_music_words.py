@@ -111,3 +111,10 @@ def test_solo_is_one_instrument_alone() -> None:
     # "a guitar solo" in a band is a lead part, not a guitar alone.
     spec = parse_description("rock song with a guitar solo over bass and drums")
     assert not spec.solo and spec.melody == "guitar" and spec.drums is True
+
+
+def test_a_dynamics_word_inside_a_genre_still_counts() -> None:
+    """The composer writes "Slow, soft rock piece": the genre is soft rock and the piece is soft."""
+    spec = parse_description("Slow, soft rock piece in E major at 64 BPM: airy flute and strings.")
+    assert spec.genre == "soft rock" and spec.dynamics is not None and spec.dynamics < 0.55
+    assert parse_description("heavy metal").dynamics >= 0.7  # type: ignore[operator]

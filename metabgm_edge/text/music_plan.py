@@ -698,10 +698,12 @@ def plan_music(view: SceneView, profile: Profile, vocab: Vocabulary, rng: random
     descriptors = {n: {w: x for w, x in d.items() if w not in held_back} for n, d in descriptors.items()}
     voices = _voices(profile, instruments, descriptors, energy, avoid, vocab, rng)
 
+    # A mood heard as loud or quiet ("aggressive") is never set against the dynamics word either.
+    clash = _LOUD if dynamics_word(energy) in ("soft", "gentle") else _QUIET
     mood_pool = {
         m: w * vocab.weight("moods", m)
         for m, w in moods.items()
-        if w > 0 and m not in _RESERVED and vocab.has("moods", m) and not avoid(m)
+        if w > 0 and m not in _RESERVED and m not in clash and vocab.has("moods", m) and not avoid(m)
     }
     chosen_moods = tuple(_pick(rng, mood_pool, 2, 0.6)) or ("calm",)
     genre, genre_preferred = _genre(profile, genres, energy, avoid, vocab, rng)

@@ -179,6 +179,11 @@ def _hits(words: list[str], clauses: list[int]) -> list[_Hit]:
                 continue
             negated, degree = _modifiers(words, clauses, i, i + n)
             out.extend(_Hit(kind, key, i, i + n, clauses[i], degree, negated) for kind, key in entry)
+            if n > 1:  # "soft rock" is a genre and soft, "heavy metal" a genre and heavy
+                for j in range(i, i + n):
+                    for kind, key in _LEXICON.get((words[j],), ()):
+                        if kind in ("dynamics", "tempo") and all(k != kind for k, _ in entry):
+                            out.append(_Hit(kind, key, j, j + 1, clauses[j], degree, negated))
             i += n
             break
         else:
