@@ -74,8 +74,10 @@ class ShapeProfile(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True
 
 
 class Engine(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """A compiled engine for one graph (an EPContext model). Used only on an exact match of the GPU
-    architecture, the TensorRT version and the onnxruntime version it was built with."""
+    """A compiled engine for one graph (an EPContext model). A TensorRT engine is used only on an
+    exact match of the GPU architecture, the TensorRT version and the onnxruntime version it was
+    built with; a TensorRT-RTX engine on a match of onnxruntime and the TensorRT-RTX EP package
+    (TensorRT-RTX specializes it for the GPU at load time)."""
 
     graph: str
     """The name (a key of ``graphs``) of the graph it replaces."""
@@ -83,6 +85,7 @@ class Engine(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     model_file: str
     """The EPContext ONNX model that points at the serialized engine."""
     tensorrt_version: str
+    """TensorRT's version, or for ``tensorrt_rtx`` the version of its EP package."""
     gpu_arch: str
     """Compute capability as ``sm_XY``."""
     gpu_name: str = ""
@@ -95,7 +98,14 @@ class Engine(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
 
 
 class KVCache(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
-    """The LLM decoder's KV cache and vocabulary."""
+    """The LLM decoder's KV cache and vocabulary.
+
+    The decoder is a fused graph (GroupQueryAttention with the rotary embedding inside) whose cache
+    is one preallocated buffer of ``context_length`` positions per layer and kind, bound as both the
+    past input and the present output and written in place. The attention mask always spans the
+    whole buffer: 1 for the positions filled so far, 0 after them. Shapes stay the same on every
+    decode step, which is what CUDA graphs and TensorRT profiles need.
+    """
 
     past_key: str = "past_key_values.{layer}.key"
     past_value: str = "past_key_values.{layer}.value"
@@ -105,6 +115,9 @@ class KVCache(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     num_kv_heads: int
     head_dim: int
     kv_dtype: Literal["float32", "float16"] = "float32"
+    buffer: Literal["shared"]
+    """``shared``: past and present are one buffer of ``context_length`` positions, written in place
+    (the only layout this runtime runs; bundles without the field are refused: re-export them)."""
     logits_last_only: bool = True
     """True when the graph returns logits for the last position only (shape batch x 1 x vocab)."""
     vocab_size: int
@@ -190,6 +203,9 @@ class MusicGenSection(Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     """Most decoder steps (prompt + generated frames + codebook delay) the position table covers."""
     kv_dtype: Literal["float32", "float16"] = "float32"
     static_cache_length: int | None = None
+    max_text_tokens: int = 64
+    """The fixed-cache decoder's description length (T5 tokens): descriptions are padded (or cut)
+    to it so every shape of that graph is fixed."""
     codec_hop: int
     """Waveform samples per code frame."""
     defaults: MusicGenDefaults = msgspec.field(default_factory=MusicGenDefaults)
@@ -215,8 +231,8 @@ class Manifest(Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
     llm: LLMSection | None = None
     musicgen: MusicGenSection | None = None
 
-    def engine_for(self, graph: str) -> Engine | None:
-        return next((e for e in self.engines if e.graph == graph), None)
+    def engine_for(self, graph: str, provider: str = "tensorrt") -> Engine | None:
+        return next((e for e in self.engines if e.graph == graph and e.provider == provider), None)
 
     def needed_files(self) -> list[str]:
         """Files the manifest names outside ``files``: each must be listed there too."""
@@ -390,7 +406,8 @@ def default_bundle(engines_dir: Path, kind: str, *, gpu: bool) -> Path | None:
 
     GPU bundles qualify only when ``gpu`` (this onnxruntime has a GPU provider: ask
     :func:`metabgm_edge.ort.session.has_gpu_provider`); among those that qualify, the GPU target
-    first, then the quantization order int8, int4, fp16, fp32, then the newest.
+    first, then fine-tuned bundles (``source.adapter`` set: a LoRA trained for the two stages was
+    merged in), then the quantization order int8, int4, fp16, fp32, then the newest.
     """
     candidates: list[tuple[Manifest, Path]] = []
     for folder in find_bundles(engines_dir, kind):
@@ -402,5 +419,7 @@ def default_bundle(engines_dir: Path, kind: str, *, gpu: bool) -> Path | None:
     if not candidates:
         return None
     candidates.sort(key=lambda c: c[0].created, reverse=True)
-    candidates.sort(key=lambda c: (_TARGET_RANK[c[0].target], _QUANT_RANK[c[0].quantization]))
+    candidates.sort(
+        key=lambda c: (_TARGET_RANK[c[0].target], c[0].source.adapter is None, _QUANT_RANK[c[0].quantization])
+    )
     return candidates[0][1]

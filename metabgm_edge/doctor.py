@@ -38,15 +38,18 @@ PACKAGES: Final = (
     "click",
     "onnxruntime",
     "onnxruntime-gpu",
+    "onnxruntime-ep-nv-tensorrt-rtx-cu13",
     "tokenizers",
     "sounddevice",
     "websockets",
     "matplotlib",
-    "tensorrt",
+    "tensorrt-cu13-libs",
 )
 OPTIONAL: Final = {
+    "onnxruntime": "or onnxruntime-gpu: exactly one of them (pip install 'metabgm-edge[cpu]' or '[gpu]')",
+    "onnxruntime-ep-nv-tensorrt-rtx-cu13": "RTX cards only: pip install 'metabgm-edge[rtx]'",
     "onnxruntime-gpu": "only for CUDA/TensorRT: pip install 'metabgm-edge[gpu]'",
-    "tensorrt": "only for TensorRT engines: pip install 'metabgm-edge[gpu]'",
+    "tensorrt-cu13-libs": "only for TensorRT engines: pip install 'metabgm-edge[gpu]'",
     "matplotlib": "only for `report`: pip install 'metabgm-edge[report]'",
 }
 NO_DEVICE_MEANS: Final = (
@@ -187,8 +190,6 @@ def check_packages() -> Check:
         except metadata.PackageNotFoundError:
             versions[name] = None
     required = [n for n in PACKAGES if n not in OPTIONAL]
-    if versions["onnxruntime-gpu"] is not None:  # onnxruntime-gpu is onnxruntime (the GPU build's)
-        required.remove("onnxruntime")
     missing = [n for n in required if versions[n] is None]
     shown = ", ".join(f"{n} {v}" for n, v in versions.items() if v is not None)
     absent = ", ".join(f"{n} ({OPTIONAL[n]})" for n in OPTIONAL if versions[n] is None)
@@ -263,10 +264,18 @@ def check_onnxruntime() -> Check:
         return Check(
             name="onnxruntime",
             status="missing",
-            detail=f"not importable ({exc}): LLM bundles cannot run; pip install onnxruntime",
+            detail=f"not importable ({exc}): LLM bundles cannot run; pip install 'metabgm-edge[cpu]'",
         )
+    from metabgm_edge.ort.session import packaging_problem
+
     available = ort.get_available_providers()
     status, detail = try_provider("CPUExecutionProvider")
+    problem = packaging_problem()
+    if problem:
+        return Check(
+            name="onnxruntime", status="error", data={"version": ort.__version__, "built_with": available},
+            detail=problem,
+        )  # fmt: skip
     return Check(
         name="onnxruntime",
         status=status,
@@ -315,6 +324,44 @@ def check_gpu_libraries() -> Check:
     return Check(name="gpu libraries", status=status, data=data, detail="; ".join(rows) + searched + then)
 
 
+def check_tensorrt_rtx() -> Check:
+    """The TensorRT-RTX plugin: registered with onnxruntime and run on a tiny model."""
+    import numpy as np
+
+    from metabgm_edge.ort import session as sessions
+
+    if not sessions.rtx_installed():
+        return Check(
+            name="tensorrt-rtx", status="missing",
+            detail=f"not installed; RTX cards only (then the first GPU choice): {sessions.RTX_INSTALL}",
+        )  # fmt: skip
+    plugin = sessions.rtx_plugin()
+    if isinstance(plugin, str):
+        return Check(name="tensorrt-rtx", status="error", detail=plugin)
+    t0 = time.perf_counter()
+    with _captured_stderr() as native:
+        try:
+            session = sessions.create_rtx_session(tiny_model(), sessions.session_options(log_level=2), {})
+            x = np.arange(4, dtype=np.float32).reshape(1, 4)
+            (y,) = session.run(None, {"x": x})
+        except Exception as exc:
+            reason = _native_reason(native)
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+            return Check(
+                name="tensorrt-rtx", status="error",
+                detail=f"creating a session failed: {first}" + (f" ({reason})" if reason else ""),
+            )  # fmt: skip
+    got = session.get_providers()
+    if not got or got[0] not in plugin.ep_names or not np.allclose(y, x * x):
+        return Check(
+            name="tensorrt-rtx", status="error", detail=f"the test session ran on {got} or computed {y}"
+        )
+    return Check(
+        name="tensorrt-rtx", status="ok", data={"version": plugin.version, "devices": len(plugin.devices)},
+        detail=f"EP {plugin.version}: a test session ran on {got[0]} ({time.perf_counter() - t0:.2f} s)",
+    )  # fmt: skip
+
+
 def check_tensorrt_library() -> Check:
     from metabgm_edge.ort import device
 
@@ -334,7 +381,7 @@ def check_tensorrt_library() -> Check:
             status="missing",
             data=data,
             detail=f"no TensorRT library (libnvinfer) and no tensorrt Python package ({why}); "
-            "only needed for TensorRT engines: pip install 'metabgm-edge[gpu]'",
+            "only needed for TensorRT engines: pip install 'metabgm-edge[gpu]' (tensorrt-cu13-libs 10.x)",
         )
     parts = [
         f"libnvinfer {lib}" if lib else "no libnvinfer found",
@@ -482,6 +529,40 @@ def check_folders() -> Check:
     return Check(name="folders", status="ok", data=data, detail=detail)
 
 
+def check_musicgen(engines_dir: Path) -> Check:
+    """Does the MusicGen bundle ``--audio auto`` would consider keep up here? (A 2 s render.)"""
+    from metabgm_edge.audio import SPEED_MARGIN, open_audio_backend
+    from metabgm_edge.bundle import default_bundle
+
+    try:
+        from metabgm_edge.ort.session import has_gpu_provider
+    except ImportError as exc:
+        return Check(name="musicgen", status="missing", detail=f"{exc}: the synthesizer plays")
+
+    found = default_bundle(engines_dir, "musicgen", gpu=has_gpu_provider()) if engines_dir.is_dir() else None
+    if found is None:
+        return Check(
+            name="musicgen",
+            status="missing",
+            detail="no MusicGen bundle that runs here: the synthesizer plays (export one with "
+            "`metabgm-edge export musicgen`)",
+        )
+    backend = open_audio_backend(str(found))
+    speed = backend.realtime_factor()
+    data = {"bundle": str(found), "backend": backend.name, "realtime_factor": speed}
+    if speed >= SPEED_MARGIN:
+        detail = f"{backend.name} renders {speed:.2f} s of audio per second here: `play --audio auto` uses it"
+        return Check(name="musicgen", status="ok", data=data, detail=detail)
+    return Check(
+        name="musicgen",
+        status="missing",
+        data=data,
+        detail=f"{backend.name} renders only {speed:.2f} s of audio per second here (it needs "
+        f"{SPEED_MARGIN}): `play --audio auto` keeps the synthesizer; `--audio {found} --if-slow queue` "
+        "plays it late",
+    )
+
+
 def check_embedded_audio() -> Check:
     from metabgm_edge.audio import AudioRequest, open_audio_backend, render
 
@@ -530,9 +611,11 @@ def run_checks(engines_dir: str | Path | None = None) -> list[Check]:
         ),
         ("gpu libraries", check_gpu_libraries),
         ("tensorrt", check_tensorrt_library),
+        ("tensorrt-rtx", check_tensorrt_rtx),
         ("gpu", check_gpu),
         ("folders", check_folders),
         ("engines", lambda: check_engines(engines)),
+        ("musicgen", lambda: check_musicgen(engines)),
     ]
     return [_guarded(name, fn) for name, fn in checks]
 

@@ -26,3 +26,10 @@ class BundleError(MetabgmError):
 
 class BackendError(MetabgmError):
     """A text or audio backend could not be loaded."""
+
+
+NO_ONNXRUNTIME = (
+    "onnxruntime is not installed: pip install 'metabgm-edge[cpu]' (or 'metabgm-edge[gpu]' on a "
+    "machine with an NVIDIA GPU)"
+)
+"""What to say when neither onnxruntime package is there (they are extras: see pyproject.toml)."""

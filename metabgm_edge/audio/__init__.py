@@ -27,6 +27,7 @@ from metabgm_edge.audio.interface import (
     CHANNELS,
     CONTEXT_SECONDS,
     SAMPLE_RATE,
+    SPEED_MARGIN,
     Anchor,
     AudioBackend,
     AudioChunk,
@@ -36,12 +37,13 @@ from metabgm_edge.audio.interface import (
     continue_from,
     render,
 )
-from metabgm_edge.errors import BackendError
+from metabgm_edge.errors import NO_ONNXRUNTIME, BackendError
 
 __all__ = [
     "CHANNELS",
     "CONTEXT_SECONDS",
     "SAMPLE_RATE",
+    "SPEED_MARGIN",
     "Anchor",
     "AudioBackend",
     "AudioChunk",
@@ -68,7 +70,11 @@ def open_audio_backend(spec: str | None = None, **options: Any) -> AudioBackend:
         return ProceduralSynth()
     path = Path(name).expanduser()
     if path.is_dir():
-        from metabgm_edge.audio.musicgen import MusicGen
+        try:
+            from metabgm_edge.audio.musicgen import MusicGen
+        except ImportError as exc:  # onnxruntime missing: say which extra to install
+            why = NO_ONNXRUNTIME if "onnxruntime" in f"{exc.name} {exc}" else str(exc)
+            raise BackendError(f"cannot run the MusicGen bundle {path}: {why}") from None
 
         return MusicGen.load(path, **options)
     raise BackendError(

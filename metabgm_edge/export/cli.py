@@ -81,7 +81,10 @@ def export(ctx: click.Context, recipe: Path | None, force: bool) -> None:
 @click.option("--out", help="Bundle folder to write, e.g. engines/NAME.")
 @click.option("--name", help="Bundle name (default: the --out folder's name).")
 @click.option("--chat-template", type=click.Choice(["chatml", "llama2"]), help="Default: from the tokenizer.")
-@click.option("--opset", type=int, help="ONNX opset (default 18; 21 for TensorRT int4).")
+@click.option(
+    "--load-dtype", type=click.Choice(["float32", "float16", "bfloat16"]), help="Weights while exporting."
+)
+@click.option("--context-length", type=click.IntRange(min=16), help="Prompt + answer tokens (KV buffer).")
 @click.option(
     "--recipe",
     "recipe_path",

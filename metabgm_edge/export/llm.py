@@ -3,21 +3,26 @@
 Steps, each reported through ``progress``:
 
 1. check the target (TensorRT fails here at once when the machine lacks it);
-2. load the model and tokenizer (``gguf_file=`` for GGUF, dequantized to fp32);
+2. load the model and tokenizer (``gguf_file=`` for GGUF), in the recipe's ``load_dtype``;
 3. merge the LoRA adapter (peft ``merge_and_unload``);
-4. export ONNX with a KV cache (optimum, ``text-generation-with-past``);
-5. rewrite the graph (last-token logits, LM head untied for quantization);
-6. quantize weight-only for the target;
-7. for ``tensorrt``, compile the EPContext engine;
-8. write tokenizer, chat template, manifest; load the bundle with the runtime and generate a few
+4. build the fused decoder, quantized for the target, with onnxruntime-genai's model builder
+   (:mod:`metabgm_edge.export.builder`);
+5. for ``tensorrt``, compile the EPContext engine (TensorRT-RTX where installed, else TensorRT);
+6. write tokenizer, chat template, manifest; load the bundle with the runtime and generate a few
    tokens as a check.
 
 The bundle is written into a temporary folder beside ``out`` and renamed at the end, so an
 interrupted export never leaves a half bundle that ``play`` could pick.
+
+Memory: the weights are held once, in ``load_dtype`` (fp16 for a 7B model: about 13.5 GB), while
+the builder writes the quantized graph layer by layer (int4: about 3.9 GB more); nothing loads the
+exported ONNX weights back during the export except the runtime's smoke test, after the torch
+model is released.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import shutil
@@ -38,16 +43,17 @@ Progress = Callable[[str], None]
 
 DATA_FILE = "model.onnx.data"
 EXPORT_EXTRA = "pip install 'metabgm-edge[export]'"
+DEFAULT_CONTEXT = 4096
+"""Positions of the KV buffer when the recipe sets no context_length (capped by the model's)."""
 
 
 def _import_heavy() -> Any:
     try:
         import torch
         import transformers
-        from optimum.exporters.onnx import onnx_export_from_model
     except ImportError as exc:
         raise RecipeError(f"export needs the export extra ({exc.name} is missing): {EXPORT_EXTRA}") from None
-    return torch, transformers, onnx_export_from_model
+    return torch, transformers
 
 
 class _Steps:
@@ -65,6 +71,10 @@ class _Steps:
         self.progress(f"      done in {time.perf_counter() - t0:.1f} s")
 
 
+def _total_steps(recipe: Recipe) -> int:
+    return 7 if recipe.target == "tensorrt" else 6
+
+
 def export_llm(recipe: Recipe, *, force: bool = False, progress: Progress = print) -> Path:
     """Export per ``recipe`` and return the bundle folder."""
     recipe = check(recipe)
@@ -72,7 +82,7 @@ def export_llm(recipe: Recipe, *, force: bool = False, progress: Progress = prin
     out = Path(recipe.out).expanduser()
     if out.exists() and not force:
         raise RecipeError(f"{out} already exists: pass --force to replace it, or choose another --out")
-    steps = _Steps(8 if recipe.target == "tensorrt" else 7, progress)
+    steps = _Steps(_total_steps(recipe), progress)
 
     with steps.step(f"checking target {recipe.target} ({recipe.quant})"):
         source_path = resolve_model(recipe.model)
@@ -85,40 +95,25 @@ def export_llm(recipe: Recipe, *, force: bool = False, progress: Progress = prin
 
             require_tensorrt()
         _import_heavy()
+        from metabgm_edge.export.builder import _import_builder
 
-    with steps.step(f"loading {source_path.name}"):
-        model, tokenizer = load_model(source_path)
+        _import_builder()
+
+    with steps.step(f"loading {source_path.name} ({recipe.load_dtype})"):
+        model, tokenizer = load_model(source_path, recipe.load_dtype)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         progress(f"      {type(model).__name__}, {params:.1f} M parameters")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
-        if recipe.lora:
-            with steps.step(f"merging LoRA adapter {recipe.lora}"):
-                model = merge_lora(model, Path(recipe.lora).expanduser())
-        else:
-            steps.n += 1
-            progress(f"[{steps.n}/{steps.total}] no LoRA adapter")
-        opset = opset_for(recipe)
-        with steps.step(f"exporting ONNX with KV cache (optimum, opset {opset})"):
-            exported = export_onnx(model, Path(tmp) / "onnx", opset)
-        return build_bundle(exported, model, tokenizer, recipe, source_path, force=force, steps=steps)
-
-
-def opset_for(recipe: Recipe) -> int:
-    """18, or 21 for TensorRT int4: blocked int4 DequantizeLinear needs opset 21."""
-    return recipe.opset or (21 if recipe.target == "tensorrt" and recipe.quant == "int4" else 18)
-
-
-def export_onnx(model: Any, folder: Path, opset: int) -> Path:
-    """The decoder with KV cache inputs and outputs, as optimum exports it; returns model.onnx's path."""
-    _, _, onnx_export_from_model = _import_heavy()
-    onnx_export_from_model(model, folder, opset=opset, task="text-generation-with-past", do_validation=False)
-    return folder / "model.onnx"
+    if recipe.lora:
+        with steps.step(f"merging LoRA adapter {recipe.lora}"):
+            model = merge_lora(model, Path(recipe.lora).expanduser())
+    else:
+        steps.n += 1
+        progress(f"[{steps.n}/{steps.total}] no LoRA adapter")
+    return build_bundle(model, tokenizer, recipe, source_path, force=force, steps=steps, release=True)
 
 
 def build_bundle(
-    exported: Path,
     model: Any,
     tokenizer: Any,
     recipe: Recipe,
@@ -127,36 +122,66 @@ def build_bundle(
     force: bool = False,
     progress: Progress = print,
     steps: _Steps | None = None,
+    release: bool = False,
 ) -> Path:
-    """Steps 5-8: from an exported ONNX decoder to a verified bundle at ``recipe.out``.
+    """From a loaded (and merged) model to a verified bundle at ``recipe.out``: the fused decoder,
+    the engine for TensorRT, tokenizer, manifest, and the runtime's check.
 
-    Separate from :func:`export_llm` so one export can be quantized several ways.
+    Separate from :func:`export_llm` so one loaded model can be built several ways. ``release``
+    drops this function's reference to the model once the graph is written (the export's own
+    caller keeps none), so the smoke test does not hold the torch weights.
     """
     recipe = check(recipe)
     assert recipe.out  # checked above
     out = Path(recipe.out).expanduser()
     if out.exists() and not force:
         raise RecipeError(f"{out} already exists: pass --force to replace it, or choose another --out")
-    steps = steps or _Steps(4 if recipe.target != "tensorrt" else 5, progress)
+    steps = steps or _Steps(_total_steps(recipe) - 3, progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
         stage = Path(tmp) / out.name
         stage.mkdir()
-        with steps.step("preparing the graph and quantizing " + recipe.quant):
-            graph_spec, cache = _prepare(exported, stage, model.config, recipe)
+        flavour = "TensorRT-RTX" if recipe.target == "tensorrt" else recipe.target.upper()
+        with steps.step(f"building the fused decoder for {flavour}, {recipe.quant} (onnxruntime-genai)"):
+            from metabgm_edge.export.builder import build_decoder
 
-        engine = None
+            build_decoder(model, tokenizer, recipe, stage, Path(tmp) / "builder")
+            shutil.rmtree(Path(tmp) / "builder", ignore_errors=True)
+            graph_spec, cache = _describe(stage, model.config, recipe)
+            steps.progress(f"      {_node_count(stage)} nodes, KV cache {cache.kv_dtype} in place")
+        architecture = type(model).__name__
+        generation = _generation(recipe, model, tokenizer, detect_chat(tokenizer, recipe))
+        if release:
+            del model
+            gc.collect()
+
+        engines: list[bundle.Engine] = []
         if recipe.target == "tensorrt":
-            with steps.step("building the TensorRT engine (minutes)"):
+            with steps.step("compiling the TensorRT engine (minutes)"):
                 from metabgm_edge.export.tensorrt import compile_engine
+                from metabgm_edge.llm.profile import decoder_profile
 
-                engine = compile_engine(
-                    stage, "decoder", graph_spec, cache, recipe.tensorrt, f"fp16+{recipe.quant}"
+                profile = decoder_profile(
+                    graph_spec, cache, recipe.tensorrt.max_prompt_tokens, recipe.tensorrt.opt_prompt_tokens
+                )
+                engines.append(
+                    compile_engine(
+                        stage, "decoder", graph_spec, recipe.tensorrt, f"fp16+{recipe.quant}", profile
+                    )
                 )
 
         with steps.step("writing tokenizer, chat template and manifest"):
             manifest = _write_rest(
-                stage, out, recipe, source_path, model, tokenizer, graph_spec, cache, engine
+                stage,
+                out,
+                recipe,
+                source_path,
+                architecture,
+                tokenizer,
+                graph_spec,
+                cache,
+                engines,
+                generation,
             )
             steps.progress(f"      {len(manifest.files)} files, {_size(manifest) / 1e6:.1f} MB")
 
@@ -181,18 +206,18 @@ def _size(manifest: bundle.Manifest) -> int:
     return sum(f.size for f in manifest.files)
 
 
-def load_model(path: Path) -> tuple[Any, Any]:
-    """(model in fp32, fast tokenizer) from an HF folder or a GGUF file."""
-    torch, transformers, _ = _import_heavy()
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
-    if path.is_file():  # GGUF: dequantized to fp32 by transformers
+def load_model(path: Path, dtype: str = "float32") -> tuple[Any, Any]:
+    """(model in ``dtype``, fast tokenizer) from an HF folder or a GGUF file."""
+    torch, transformers = _import_heavy()
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if path.is_file():  # GGUF: dequantized by transformers
         folder, kwargs["gguf_file"] = str(path.parent), path.name
     else:
         folder = str(path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(
         folder, **{k: v for k, v in kwargs.items() if k != "dtype"}
     )
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, low_cpu_mem_usage=True, **kwargs)
     model.eval()
     if not getattr(tokenizer, "is_fast", False):
         raise RecipeError(f"{path}: no fast tokenizer (tokenizer.json) could be made; the runtime needs one")
@@ -210,34 +235,43 @@ def merge_lora(model: Any, adapter: Path) -> Any:
     return merged
 
 
-def _prepare(exported: Path, stage: Path, config: Any, recipe: Recipe) -> tuple[bundle.Graph, bundle.KVCache]:
+def _node_count(stage: Path) -> int:
     import onnx
 
-    from metabgm_edge.export import graph
-    from metabgm_edge.export.quantize import quantize
+    return len(onnx.load(str(stage / "model.onnx"), load_external_data=False).graph.node)
 
-    model = onnx.load(str(exported))
-    last_only = graph.last_token_logits(model)
-    if recipe.quant in ("int4", "int8"):
-        graph.untie_lm_head(model)
-    model = quantize(model, recipe.quant, recipe.target, recipe.block_size)
-    graph.save(model, str(stage / "model.onnx"), DATA_FILE)
-    inputs, outputs = graph.io_names(model)
+
+def _describe(stage: Path, config: Any, recipe: Recipe) -> tuple[bundle.Graph, bundle.KVCache]:
+    """The built graph's interface and cache, checked to be the fused, in-place layout."""
+    import onnx
+
+    model = onnx.load(str(stage / "model.onnx"), load_external_data=False)
+    ops = {node.op_type for node in model.graph.node}
+    if "GroupQueryAttention" not in ops:
+        raise RecipeError(
+            f"the builder made no GroupQueryAttention graph for {recipe.quant} on {recipe.target} (the "
+            "in-place cache needs it): choose another --quant for this target"
+        )
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
     kv_type = next(i for i in model.graph.input if i.name.startswith("past_key_values")).type
     kv_dtype = "float16" if kv_type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 else "float32"
-    context = int(getattr(config, "max_position_embeddings", 2048))
-    if recipe.context_length:
-        context = min(context, recipe.context_length)
+    logits = next(o for o in model.graph.output if o.name == "logits").type.tensor_type.shape.dim
+    context = min(
+        int(getattr(config, "max_position_embeddings", 2048)), recipe.context_length or DEFAULT_CONTEXT
+    )
     if recipe.target == "tensorrt":
         context = min(context, recipe.tensorrt.max_total_tokens)
     heads = config.num_attention_heads
-    graph_spec = bundle.Graph(file="model.onnx", inputs=inputs, outputs=outputs, opset=graph.opset(model))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    graph_spec = bundle.Graph(file="model.onnx", inputs=inputs, outputs=outputs, opset=opset)
     cache = bundle.KVCache(
         num_layers=config.num_hidden_layers,
         num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
         head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
         kv_dtype=kv_dtype,
-        logits_last_only=last_only,
+        buffer="shared",
+        logits_last_only=len(logits) == 3 and logits[1].dim_value == 1,
         vocab_size=config.vocab_size,
         context_length=context,
     )
@@ -299,7 +333,16 @@ def _builtins(obj: Any) -> dict[str, Any]:
 def versions() -> dict[str, str]:
     """Versions of this package and of the export tools, for the manifest's ``versions``."""
     out = {}
-    for dist in ("metabgm-edge", "torch", "transformers", "optimum-onnx", "optimum", "peft", "onnx", "gguf"):
+    for dist in (
+        "metabgm-edge",
+        "torch",
+        "transformers",
+        "onnxruntime-genai",
+        "peft",
+        "onnx",
+        "onnx-ir",
+        "gguf",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -312,11 +355,12 @@ def _write_rest(
     out: Path,
     recipe: Recipe,
     source_path: Path,
-    model: Any,
+    architecture: str,
     tokenizer: Any,
     graph_spec: bundle.Graph,
     cache: bundle.KVCache,
-    engine: bundle.Engine | None,
+    engines: list[bundle.Engine],
+    generation: bundle.Generation,
 ) -> bundle.Manifest:
     import onnxruntime
 
@@ -332,14 +376,14 @@ def _write_rest(
             model=recipe.model or str(source_path),
             model_sha256=bundle.sha256_of(source_path) if source_path.is_file() else None,
             adapter=recipe.lora,
-            architecture=type(model).__name__,
+            architecture=architecture,
         ),
         quantization=recipe.quant,
         target=recipe.target,
         versions={"onnxruntime": onnxruntime.__version__, **versions()},
         graphs={"decoder": graph_spec},
-        engines=[engine] if engine else [],
-        llm=bundle.LLMSection(cache=cache, generation=_generation(recipe, model, tokenizer, chat), chat=chat),
+        engines=engines,
+        llm=bundle.LLMSection(cache=cache, generation=generation, chat=chat),
     )
     return bundle.write_manifest(stage, manifest)
 

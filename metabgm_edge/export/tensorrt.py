@@ -1,13 +1,20 @@
-"""Compiling a bundle's graphs into TensorRT engines through onnxruntime's TensorRT provider.
+"""Compiling a bundle's graphs into engines through one of onnxruntime's two TensorRT providers.
 
-Each engine is written as an EPContext model (``trt_dump_ep_context_model``): a small ONNX file
-whose node points at the serialized engine beside it. onnxruntime loads it like any model and
-skips the build. An engine is built for one fixed shape profile (for the LLM decoder: batch 1,
-prompt and total lengths from the recipe; for MusicGen: the guidance batch and the segment
-length), with a timing cache reused across exports on the same GPU.
+Each engine is written as an EPContext model: a small ONNX file whose node points at the
+serialized engine beside it; onnxruntime loads it like any model and skips the build.
+
+* **TensorRT-RTX** (the plugin ``onnxruntime-ep-nv-tensorrt-rtx-*``, used where installed): compiled
+  with onnxruntime's ``ModelCompiler`` into ``<graph>_rtx_ctx.onnx``; such engines run on any RTX
+  card with the same EP and onnxruntime versions (TensorRT-RTX specializes them at load, caching
+  the result in its runtime cache). Without an engine the runtime compiles the graph at load.
+* **TensorRT** (``onnxruntime-gpu``'s ``TensorrtExecutionProvider`` and the TensorRT 10 libraries):
+  built while dumping the EPContext model (``trt_dump_ep_context_model``) into ``<graph>_ctx.onnx``,
+  for one fixed shape profile, with a timing cache reused across exports on the same GPU; used only
+  on the exact GPU architecture, TensorRT and onnxruntime versions. Nodes TensorRT cannot take
+  (GroupQueryAttention, MatMulNBits) stay in the EPContext model and run on CUDA.
 
 Nothing here is simulated: :func:`require_tensorrt` fails at once, before any model is loaded,
-when this machine lacks onnxruntime's TensorRT provider, a CUDA GPU or the TensorRT libraries.
+when this machine has neither provider usable (or no GPU, or no TensorRT libraries).
 """
 
 from __future__ import annotations
@@ -15,90 +22,127 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from metabgm_edge.bundle import Engine, Graph, KVCache, ShapeProfile
+from metabgm_edge.bundle import Engine, Graph, ShapeProfile
 from metabgm_edge.export.recipe import RecipeError, TensorRTOptions
 from metabgm_edge.ort import device
 
 log = logging.getLogger(__name__)
 
 
-def require_tensorrt() -> tuple[str, device.Gpu]:
-    """(TensorRT version, GPU) of this machine, or a RecipeError that says what is missing."""
+def require_tensorrt() -> str:
+    """``tensorrt_rtx`` or ``tensorrt``: the provider this machine compiles engines with, or a
+    RecipeError that says what is missing."""
     import onnxruntime as ort
 
+    from metabgm_edge.ort.session import RTX_INSTALL, rtx_installed, rtx_plugin
+
+    if rtx_installed():
+        plugin = rtx_plugin()
+        if not isinstance(plugin, str):
+            return "tensorrt_rtx"
+        rtx_reason = plugin
+    else:
+        rtx_reason = f"no TensorRT-RTX EP ({RTX_INSTALL})"
     available = ort.get_available_providers()
     if "TensorrtExecutionProvider" not in available:
         raise RecipeError(
-            f"--target tensorrt needs onnxruntime-gpu with its TensorRT provider; this onnxruntime "
-            f"{ort.__version__} offers only {', '.join(available)}. On a machine with an NVIDIA GPU: "
-            "pip install 'metabgm-edge[gpu]' (onnxruntime-gpu and tensorrt 10), or export --target cuda "
-            "or --target cpu instead"
+            f"--target tensorrt needs onnxruntime-gpu with its TensorRT provider or the TensorRT-RTX EP; "
+            f"{rtx_reason}, and this onnxruntime {ort.__version__} offers only {', '.join(available)}. On a "
+            "machine with an NVIDIA GPU: pip install 'metabgm-edge[rtx]' (RTX cards) or 'metabgm-edge[gpu]' "
+            "(onnxruntime-gpu and TensorRT 10), or export --target cuda or --target cpu instead"
         )
-    gpu = device.gpu()
-    if gpu is None:
+    if device.gpu() is None:
         raise RecipeError(
             "--target tensorrt needs a CUDA GPU and its driver (libcuda.so.1); none was found. "
             "Build the engine on the machine that will run it, or export --target cpu"
         )
-    version = device.tensorrt_version()
-    if version is None:
+    if device.tensorrt_version() is None:
         raise RecipeError(
             "--target tensorrt needs the TensorRT 10 libraries (libnvinfer.so.10); none was found. "
-            "pip install tensorrt-cu12 (or tensorrt-cu13, matching onnxruntime-gpu) or add TensorRT's "
-            "lib folder to LD_LIBRARY_PATH"
+            "pip install 'metabgm-edge[gpu]' (tensorrt-cu12-libs 10.x, matching onnxruntime-gpu) or add "
+            "TensorRT's lib folder to LD_LIBRARY_PATH"
         )
-    return version, gpu
-
-
-def shape_profile(graph: Graph, cache: KVCache, options: TensorRTOptions) -> ShapeProfile:
-    """The LLM decoder's one profile (batch 1): a prompt of 1..max_prompt tokens, a past of
-    0..max_total-1 tokens. Every corner is a shape the graph can really take: the attention mask
-    covers past + input (min 0 + 1, opt (T-P) + P = T, max (T-1) + P), so TensorRT can build it."""
-    kv = [cache.num_kv_heads, cache.head_dim]
-    p_opt, p_max = options.opt_prompt_tokens, options.max_prompt_tokens
-    t_opt, t_max = options.opt_total_tokens, options.max_total_tokens
-    past = {"min": 0, "opt": t_opt - p_opt, "max": t_max - 1}
-    new = {"min": 1, "opt": p_opt, "max": p_max}
-    shapes: dict[str, dict[str, list[int]]] = {"min": {}, "opt": {}, "max": {}}
-    for corner, table in shapes.items():
-        for name in graph.inputs:
-            if name in ("input_ids", "position_ids"):
-                table[name] = [1, new[corner]]
-            elif name == "attention_mask":
-                table[name] = [1, past[corner] + new[corner]]
-            elif name.startswith("past_key_values"):
-                table[name] = [1, kv[0], past[corner], kv[1]]
-    return ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
-
-
-def _shapes(shapes: dict[str, list[int]]) -> str:
-    return ",".join(f"{name}:{'x'.join(str(d) for d in dims)}" for name, dims in shapes.items())
+    return "tensorrt"
 
 
 def compile_engine(
     folder: Path,
     graph_name: str,
     graph: Graph,
-    cache: KVCache | None,
     options: TensorRTOptions,
     precision: str,
-    profile: ShapeProfile | None = None,
+    profile: ShapeProfile,
 ) -> Engine:
-    """Build the engine for ``folder/graph.file``; writes ``<graph>_ctx.onnx`` and the engine beside it.
+    """Build the engine for ``folder/graph.file`` with this machine's TensorRT provider; writes the
+    EPContext model and the engine beside the graph. ``profile``'s corners are real shapes."""
+    provider = require_tensorrt()
+    if provider == "tensorrt_rtx":
+        return _compile_rtx(folder, graph_name, graph, precision, profile)
+    return _compile_trt(folder, graph_name, graph, options, precision, profile)
 
-    ``profile`` is the graph's fixed shape profile; for the LLM decoder it is derived from the
-    recipe's ``[tensorrt]`` table. The engine cache path is left to onnxruntime, which puts the
-    engine beside the context model and names it relatively, so the bundle can be moved.
-    """
+
+def _compile_rtx(
+    folder: Path, graph_name: str, graph: Graph, precision: str, profile: ShapeProfile
+) -> Engine:
     import onnxruntime as ort
 
-    from metabgm_edge.ort.session import create_session, trt_options
+    from metabgm_edge.ort.session import (
+        profile_options,
+        rtx_cache_dir,
+        rtx_options,
+        rtx_plugin,
+        session_options,
+    )
 
-    version, gpu = require_tensorrt()
-    if profile is None:
-        if cache is None:
-            raise RecipeError(f"no shape profile for graph {graph_name}")
-        profile = shape_profile(graph, cache, options)
+    plugin = rtx_plugin()
+    assert not isinstance(plugin, str)  # require_tensorrt checked it
+    if not hasattr(ort, "ModelCompiler"):
+        raise RecipeError(f"onnxruntime {ort.__version__} has no ModelCompiler (1.23 or newer is needed)")
+    context_file = f"{Path(graph.file).stem}_rtx_ctx.onnx"
+    cache = rtx_cache_dir(folder, graph_name)
+    cache.mkdir(parents=True, exist_ok=True)
+    so = session_options(log_level=2)
+    so.add_provider_for_devices(
+        list(plugin.devices),
+        rtx_options(nv_runtime_cache_path=str(cache), **profile_options(profile, "tensorrt_rtx")),
+    )
+    try:
+        compiler = ort.ModelCompiler(so, str(folder / graph.file), embed_compiled_data_into_model=False)
+        compiler.compile_to_file(str(folder / context_file))
+    except Exception as exc:  # onnxruntime raises several unrelated classes here
+        raise RecipeError(f"TensorRT-RTX could not compile {graph_name}: {exc}") from None
+    if not (folder / context_file).is_file():
+        raise RecipeError(f"TensorRT-RTX wrote no EPContext model at {folder / context_file}")
+    relocate_engines(folder / context_file)
+    gpu = device.gpu()
+    return Engine(
+        graph=graph_name,
+        provider="tensorrt_rtx",
+        model_file=context_file,
+        tensorrt_version=plugin.version,
+        gpu_arch=gpu.arch if gpu else "",
+        gpu_name=gpu.name if gpu else "",
+        onnxruntime_version=ort.__version__,
+        precision=precision,
+        shape_profiles=[profile],
+    )
+
+
+def _compile_trt(
+    folder: Path,
+    graph_name: str,
+    graph: Graph,
+    options: TensorRTOptions,
+    precision: str,
+    profile: ShapeProfile,
+) -> Engine:
+    import onnxruntime as ort
+
+    from metabgm_edge.ort.session import create_session, profile_options, trt_options
+
+    gpu = device.gpu()
+    version = device.tensorrt_version()
+    assert gpu is not None and version is not None  # require_tensorrt checked them
     timing_cache = Path(options.timing_cache).expanduser()
     timing_cache.mkdir(parents=True, exist_ok=True)
     context_file = f"{Path(graph.file).stem}_ctx.onnx"
@@ -113,9 +157,7 @@ def compile_engine(
         trt_ep_context_embed_mode=0,
         trt_builder_optimization_level=options.builder_optimization_level,
         trt_max_workspace_size=int(options.workspace_gb * (1 << 30)),
-        trt_profile_min_shapes=_shapes(profile.min),
-        trt_profile_opt_shapes=_shapes(profile.opt),
-        trt_profile_max_shapes=_shapes(profile.max),
+        **profile_options(profile, "tensorrt"),
     )
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 2
@@ -151,8 +193,9 @@ def compile_engine(
 def relocate_engines(context_model: Path) -> list[str]:
     """Make every engine an EPContext node points at a file inside the bundle, named relatively.
 
-    Depending on the onnxruntime version the node may hold an absolute or working-directory
-    path; a bundle must keep working when its folder is copied elsewhere.
+    onnxruntime names the engine relative to the context model's folder when no engine cache path
+    is given; a path that is absolute or relative to the working directory (older versions) is
+    moved into the bundle and renamed, so the bundle keeps working when its folder is copied.
     """
     import shutil
 

@@ -1,17 +1,23 @@
-"""The generation loop: a bundle's ONNX decoder with its KV cache, on onnxruntime alone.
+"""The generation loop: a bundle's fused ONNX decoder with its in-place KV cache, on onnxruntime alone.
 
 ``LLM.load(folder)`` verifies the bundle, opens the session on the best provider (see
 :mod:`metabgm_edge.ort.session`) and the tokenizer. ``LLM.stream`` is a generator of token ids:
 nothing runs until it is iterated. ``LLM.generate`` / ``LLM.chat`` collect a
 :class:`GenerationResult` with timings.
 
-Every step goes through IO binding: the KV cache stays where the provider computes it (GPU memory
-on CUDA / TensorRT) and is bound back as the next step's past, only the last position's logits
-come to the host. The same code path runs on the CPU, where the tests exercise it.
+The decoder is one fused graph (GroupQueryAttention with rotary inside, fused norms, 4- or 8-bit
+MatMulNBits; see ``engines/README.md``). Its KV cache is one preallocated buffer per layer, bound
+through IO binding as both past input and present output, so the graph writes each new position
+in place: nothing is concatenated or copied per step. The attention mask spans the whole buffer
+(1 for filled positions), so every decode step has the same shapes and addresses: the binding is
+made once per sequence and a step only writes the new token id and one mask entry. On a GPU the
+cache never leaves device memory, only the logits row comes to the host, and the CUDA provider
+replays the step as a CUDA graph. The same code runs on the CPU, where the tests exercise it.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -23,12 +29,13 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from metabgm_edge.bundle import LLMSection, Manifest, open_bundle
+from metabgm_edge.bundle import LLMSection, Manifest, ShapeProfile, open_bundle
 from metabgm_edge.errors import BundleError
 from metabgm_edge.llm import chat as templates
 from metabgm_edge.llm import sampling
+from metabgm_edge.llm.profile import DEFAULT_MAX_PROMPT, decoder_profile
 from metabgm_edge.ort import binding
-from metabgm_edge.ort.session import OpenedSession, open_graph
+from metabgm_edge.ort.session import OpenedSession, open_graph, profile_options
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,8 @@ class GenerationConfig(msgspec.Struct, kw_only=True, frozen=True):
     """Per-call knobs. ``None`` means the bundle's default (its manifest's ``generation``)."""
 
     max_new_tokens: int | None = None
+    min_new_tokens: int = 0
+    """Stop tokens are not chosen before this many new tokens (transformers' ``min_new_tokens``)."""
     do_sample: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -66,8 +75,28 @@ class DecodeState:
     def __init__(self, llm: LLM) -> None:
         self._llm = llm
         cache = llm.section.cache
-        empty = binding.empty([1, cache.num_kv_heads, 0, cache.head_dim], cache.kv_dtype, llm.device)
-        self._past: list[ort.OrtValue] = [empty] * (2 * cache.num_layers)
+        shape = [1, cache.num_kv_heads, cache.context_length, cache.head_dim]
+        # Zeros on the host are allocated lazily by the OS: only the positions written take memory.
+        self._kv = [binding.zeros(shape, cache.kv_dtype, llm.device) for _ in range(2 * cache.num_layers)]
+        self._mask = binding.Mirror(np.zeros((1, cache.context_length), np.int64), llm.device)
+        self._token = binding.Mirror(np.zeros((1, 1), np.int64), llm.device)
+        self._logits = binding.Mirror(np.zeros((1, 1, cache.vocab_size), llm.logits_dtype), llm.device)
+        self._binding = llm.session.io_binding()
+        for past, present, value in zip(llm.past_names, llm.present_names, self._kv, strict=True):
+            self._binding.bind_ortvalue_input(past, value)
+            self._binding.bind_ortvalue_output(present, value)
+        self._binding.bind_ortvalue_input("attention_mask", self._mask.value)
+        if llm.section.cache.logits_last_only:
+            self._binding.bind_ortvalue_output("logits", self._logits.value)
+        else:
+            self._binding.bind_output("logits", llm.device)
+        self._decode_options, self._prompt_options = llm.run_options()
+        self._decoding = False
+        self.length = 0
+
+    def reset(self) -> None:
+        """Forget the sequence (the buffers stay: their addresses are what a CUDA graph replays)."""
+        self._mask.array[:] = 0
         self.length = 0
 
     def forward(self, ids: Sequence[int]) -> np.ndarray:
@@ -88,18 +117,28 @@ class DecodeState:
     def _run(self, ids: Sequence[int]) -> np.ndarray:
         llm = self._llm
         n = len(ids)
-        feeds = {
-            "input_ids": np.asarray([ids], dtype=np.int64),
-            "attention_mask": np.ones((1, self.length + n), dtype=np.int64),
-            "position_ids": np.arange(self.length, self.length + n, dtype=np.int64)[None, :],
-        }
-        step = binding.Step(llm.session, llm.device)
-        step.host({k: v for k, v in feeds.items() if k in llm.input_names})
-        step.values(dict(zip(llm.past_names, self._past, strict=True)))
-        outputs = step.out_host(["logits"]).out_device(llm.present_names).run()
-        self._past = [outputs[name] for name in llm.present_names]
+        b = self._binding
+        if n == 1:
+            self._token.array[0, 0] = ids[0]
+            self._token.sync()
+            if not self._decoding:
+                b.bind_ortvalue_input("input_ids", self._token.value)
+                self._decoding = True
+        else:
+            b.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+            self._decoding = False
+        if "position_ids" in llm.input_names:
+            b.bind_cpu_input("position_ids", np.arange(self.length, self.length + n, dtype=np.int64)[None, :])
+        self._mask.array[0, self.length : self.length + n] = 1
+        self._mask.sync()
+        replayable = n == 1 and "position_ids" not in llm.input_names
+        llm.session.run_with_iobinding(b, self._decode_options if replayable else self._prompt_options)
         self.length += n
-        return np.asarray(outputs["logits"].numpy()[0, -1], dtype=np.float32)
+        if not llm.section.cache.logits_last_only:
+            return np.asarray(b.get_outputs()[-1].numpy()[0, -1], dtype=np.float32)
+        if llm.device != "cpu":
+            return np.asarray(self._logits.value.numpy()[0, -1], dtype=np.float32)
+        return np.array(self._logits.array[0, -1], dtype=np.float32)  # a copy: the buffer is reused
 
 
 class LLM:
@@ -136,17 +175,41 @@ class LLM:
                 f"{'...' if len(missing) > 4 else ''}): the bundle is mismatched; re-export it"
             )
         self.context_length = cache.context_length
+        logits_type = next(o.type for o in opened.session.get_outputs() if o.name == "logits")
+        self.logits_dtype = np.float16 if "float16" in logits_type else np.float32
         self.max_chunk: int | None = None
         """Longest piece of prompt one step takes: the TensorRT profile's maximum, else unlimited."""
-        engine = manifest.engine_for("decoder")
-        if opened.provider == "tensorrt" and engine and engine.shape_profiles:
-            self.max_chunk = engine.shape_profiles[0].max.get("input_ids", [1, 0])[1] or None
+        self._graph_ids = itertools.count(1)
+        profile = self._profile(manifest, opened.provider)
+        if profile is not None:
+            self.max_chunk = profile.max.get("input_ids", [1, 0])[1] or None
+        self._states: list[DecodeState] = []
         chat = self.section.chat
         stop_ids = set(self.section.generation.stop_token_ids)
         end = tokenizer.token_to_id(templates.end_marker(chat.template, chat.eos_token))
         if end is not None:
             stop_ids.add(end)
         self.stop_token_ids = frozenset(stop_ids)
+
+    @staticmethod
+    def _profile(manifest: Manifest, provider: str) -> ShapeProfile | None:
+        engine = manifest.engine_for("decoder", provider)
+        if provider in ("tensorrt", "tensorrt_rtx") and engine and engine.shape_profiles:
+            return engine.shape_profiles[0]
+        if provider == "tensorrt_rtx":  # compiled at load: the profile the export would have used
+            assert manifest.llm is not None
+            return decoder_profile(manifest.graphs["decoder"], manifest.llm.cache, DEFAULT_MAX_PROMPT)
+        return None
+
+    def run_options(self) -> tuple[ort.RunOptions, ort.RunOptions]:
+        """(decode, prompt) run options of a new sequence. On CUDA each sequence's decode step
+        (same shapes and addresses every time) is captured once as its own CUDA graph and replayed;
+        prompt runs, whose length varies, are never captured."""
+        decode, prompt = ort.RunOptions(), ort.RunOptions()
+        if self.provider == "cuda":
+            decode.add_run_config_entry("gpu_graph_id", str(next(self._graph_ids)))
+            prompt.add_run_config_entry("gpu_graph_id", "-1")
+        return decode, prompt
 
     @classmethod
     def load(
@@ -156,7 +219,19 @@ class LLM:
         folder = Path(path)
         t0 = time.perf_counter()
         manifest = open_bundle(folder, "llm")
-        opened = open_graph(folder, manifest, "decoder", providers=providers, threads=threads)
+        assert manifest.llm is not None
+        rtx_profile = decoder_profile(manifest.graphs["decoder"], manifest.llm.cache, DEFAULT_MAX_PROMPT)
+        opened = open_graph(
+            folder,
+            manifest,
+            "decoder",
+            providers=providers,
+            threads=threads,
+            provider_options={
+                "cuda": {"enable_cuda_graph": "1"},
+                "tensorrt_rtx": profile_options(rtx_profile, "tensorrt_rtx"),
+            },
+        )
         assert manifest.llm is not None
         tokenizer_path = folder / manifest.llm.tokenizer_file
         try:
@@ -196,7 +271,18 @@ class LLM:
     # -- generation --------------------------------------------------------------------------------
 
     def start(self) -> DecodeState:
+        """A new, empty sequence (its own cache buffers)."""
         return DecodeState(self)
+
+    def _acquire(self) -> DecodeState:
+        """A sequence whose buffers are reused from the last generation when free (fixed addresses
+        for CUDA graphs, no new allocation per request)."""
+        try:
+            state = self._states.pop()
+        except IndexError:
+            return DecodeState(self)
+        state.reset()
+        return state
 
     def stream(self, prompt_ids: Sequence[int], config: GenerationConfig | None = None) -> Iterator[int]:
         """Yield new token ids one by one; the generator's return value is the stop reason."""
@@ -227,20 +313,37 @@ class LLM:
         rng = np.random.Generator(np.random.PCG64(cfg.seed))
         seen = np.zeros(self.section.cache.vocab_size, dtype=bool)
         seen[np.asarray(prompt_ids, dtype=np.int64)] = True
-        state = self.start()
+        sampler = sampling.Sampler(
+            do_sample=do_sample, temperature=temperature, top_p=top_p, repetition_penalty=penalty, rng=rng
+        )
+        state = self._acquire()
+        try:
+            return (
+                yield from self._loop(
+                    state, prompt_ids, (cfg.min_new_tokens, max_new), stop_strings, blocker, seen, sampler
+                )
+            )
+        finally:
+            self._states.append(state)
+
+    def _loop(
+        self,
+        state: DecodeState,
+        prompt_ids: Sequence[int],
+        lengths: tuple[int, int],
+        stop_strings: Sequence[str],
+        blocker: sampling.NgramBlocker,
+        seen: np.ndarray,
+        sampler: sampling.Sampler,
+    ) -> Iterator[int]:
+        min_new, max_new = lengths
         logits = state.forward(prompt_ids)
         generated: list[int] = []
         while True:
-            token = sampling.next_token(
-                logits,
-                np.flatnonzero(seen),
-                do_sample=do_sample,
-                temperature=temperature,
-                top_p=top_p,
-                repetition_penalty=penalty,
-                rng=rng,
-                banned=blocker.banned(),
-            )
+            banned = blocker.banned()
+            if len(generated) < min_new:
+                banned = [*banned, *self.stop_token_ids]
+            token = sampler(logits, np.flatnonzero(seen), banned)
             if token in self.stop_token_ids:
                 return "stop_token"
             generated.append(token)

@@ -107,3 +107,34 @@ def next_token(
         return int(np.argmax(logits))
     ids, probs = top_p_candidates(softmax(logits / temperature), top_p)
     return int(ids[rng.choice(ids.size, p=probs)])
+
+
+class Sampler:
+    """:func:`next_token` with one request's settings bound."""
+
+    def __init__(
+        self,
+        *,
+        do_sample: bool,
+        temperature: float,
+        top_p: float,
+        repetition_penalty: float,
+        rng: np.random.Generator,
+    ) -> None:
+        self.do_sample = do_sample
+        self.temperature = temperature
+        self.top_p = top_p
+        self.repetition_penalty = repetition_penalty
+        self.rng = rng
+
+    def __call__(self, logits: np.ndarray, seen: np.ndarray, banned: list[int] | None = None) -> int:
+        return next_token(
+            logits,
+            seen,
+            do_sample=self.do_sample,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            repetition_penalty=self.repetition_penalty,
+            rng=self.rng,
+            banned=banned,
+        )

@@ -28,6 +28,14 @@ def input_dtype(session: ort.InferenceSession, name: str) -> type:
     raise KeyError(name)
 
 
+def output_dtype(session: ort.InferenceSession, name: str) -> type:
+    """The numpy type of a session's output ``name``."""
+    for value in session.get_outputs():
+        if value.name == name:
+            return _ORT_TYPES.get(value.type, np.float32)
+    raise KeyError(name)
+
+
 def empty(shape: Sequence[int], dtype: str | type, device: str) -> ort.OrtValue:
     """An uninitialised (or zero-sized) tensor on ``device`` (``cpu`` or ``cuda``)."""
     np_dtype = NP_DTYPE[dtype] if isinstance(dtype, str) else dtype
@@ -86,3 +94,21 @@ class Step:
     def run(self, run_options: ort.RunOptions | None = None) -> dict[str, ort.OrtValue]:
         self.session.run_with_iobinding(self.binding, run_options)
         return dict(zip(self._outputs, self.binding.get_outputs(), strict=True))
+
+
+class Mirror:
+    """A small host array and the tensor a session reads it from, at one fixed address.
+
+    On the CPU the tensor *is* the array (onnxruntime shares a NumPy array's memory on the host),
+    so writing the array is all it takes; on a GPU :meth:`sync` copies it into the same device
+    buffer, so a captured CUDA graph keeps reading the right place.
+    """
+
+    def __init__(self, array: np.ndarray, device: str) -> None:
+        self.array = np.ascontiguousarray(array)
+        self.device = device
+        self.value = ort.OrtValue.ortvalue_from_numpy(self.array, device, 0)
+
+    def sync(self) -> None:
+        if self.device != "cpu":
+            self.value.update_inplace(self.array)

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from msgspec import Struct
 
-from metabgm_edge.errors import BackendError
+from metabgm_edge.errors import NO_ONNXRUNTIME, BackendError
 from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 
 Stage = Literal["narrative", "description", "direct"]
@@ -35,6 +35,9 @@ class StageRequest(Struct, kw_only=True, frozen=True):
     profile: Profile = DEFAULT_PROFILE
     seed: int = 0
     max_new_tokens: int = 96
+    timeout: float | None = None
+    """Seconds this call may take (the scheduler sets it from what is left of the text stages' share
+    of the deadline); None: no limit. Backends that can bound their own work (a server) use it."""
 
 
 @runtime_checkable
@@ -47,17 +50,27 @@ class TextBackend(Protocol):
 
 
 def open_text_backend(spec: str | None = None) -> TextBackend:
-    """``composer`` (default, embedded rules) or the path of an exported LLM bundle."""
+    """``composer`` (default, embedded rules), the path of an exported LLM bundle, or an
+    OpenAI-compatible server (``http://HOST:PORT/v1[?model=NAME]``, ``openai:MODEL``)."""
     if spec in (None, "", "composer"):
         from metabgm_edge.text.composer import Composer
 
         return Composer()
+    from metabgm_edge.text.openai_compat import OpenAIText, is_openai_spec
+
+    if is_openai_spec(spec):
+        return OpenAIText.from_spec(spec)
     path = Path(spec)
     if path.is_dir():
-        from metabgm_edge.text.llm import LLMText
+        try:
+            from metabgm_edge.text.llm import LLMText
+        except ImportError as exc:  # onnxruntime missing: say which extra to install
+            why = NO_ONNXRUNTIME if "onnxruntime" in f"{exc.name} {exc}" else str(exc)
+            raise BackendError(f"cannot run the LLM bundle {path}: {why}") from None
 
         return LLMText.load(path)
     raise BackendError(
-        f"unknown text backend {spec!r}: use 'composer' or the folder of a bundle made by "
-        "'metabgm-edge export llm' (for example engines/smollm2-135m-int8)"
+        f"unknown text backend {spec!r}: use 'composer', the folder of a bundle made by "
+        "'metabgm-edge export llm' (for example engines/smollm2-135m-int8), an OpenAI-compatible "
+        "server (http://127.0.0.1:8080/v1) or openai:MODEL"
     )
