@@ -105,7 +105,27 @@ def test_the_build_holds_no_torch_transformers_or_export_tools(packaged: Path) -
         if m.split(".")[0] in package_build.FORBIDDEN or m.startswith("metabgm_edge.export.")
     )
     assert heavy == ["metabgm_edge.export.cli", "metabgm_edge.export.recipe"], heavy
+    # Every module of the runtime is inside (backends opened by name included: MusicGen, the LLM,
+    # the OpenAI-compatible client), whatever main adds later; only the export tools are left out.
+    runtime = sorted(
+        m
+        for m in source_modules()
+        if (not m.startswith("metabgm_edge.export.") or m in heavy) and m != "metabgm_edge.__main__"
+    )  # (__main__ is `python -m metabgm_edge`; the build's entry point is packaging/entry.py)
+    assert "metabgm_edge.audio.musicgen.model" in runtime and "metabgm_edge.text.openai_compat" in runtime
+    assert [m for m in runtime if m not in modules] == []
     assert package_build.size_mb(folder) < 150
+
+
+def source_modules() -> list[str]:
+    """Every module of the metabgm_edge package in this checkout, by dotted name."""
+    out = []
+    for f in (ROOT / "metabgm_edge").rglob("*.py"):
+        parts = list(f.relative_to(ROOT).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out.append(".".join(parts))
+    return out
 
 
 def test_doctor_in_a_clean_environment(packaged: Path, tmp_path: Path) -> None:
@@ -211,6 +231,42 @@ def test_play_with_an_llm_bundle_given_by_path(packaged: Path, tmp_path: Path, s
     assert audio.shape[0] == 20 * SAMPLE_RATE and rms > 0.01
 
 
+@pytest.fixture(scope="session")
+def tiny_musicgen_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A MusicGen bundle exported here from a tiny random-weight model (tests/musicgen_fixtures.py)."""
+    from musicgen_fixtures import tiny_musicgen
+
+    from metabgm_edge.export.musicgen import export_musicgen
+    from metabgm_edge.export.recipe import MusicGenOptions, Recipe
+
+    root = tmp_path_factory.mktemp("package-musicgen")
+    model = tiny_musicgen(root / "model")
+    recipe = Recipe(
+        kind="musicgen", model=str(model), quant="fp32", out=str(root / "tiny-musicgen"),
+        musicgen=MusicGenOptions(static_cache=True, static_cache_length=320),
+    )  # fmt: skip
+    return export_musicgen(recipe, progress=lambda _line: None)
+
+
+def test_play_with_a_musicgen_bundle_given_by_path(
+    packaged: Path, tmp_path: Path, tiny_musicgen_bundle
+) -> None:
+    """The MusicGen runtime (onnxruntime, numpy, tokenizers) is in the build: a bundle plays every
+    segment, none falls back to the synthesizer."""
+    out, log = tmp_path / "mg.wav", tmp_path / "mg.jsonl"
+    proc = run_clean(
+        packaged, "play", "--fast", "--duration", "8", "--interval", "4", "--text", "composer",
+        "--audio", str(tiny_musicgen_bundle), "--out", str(out), "--log", str(log),
+        home=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    segments = [r for r in map(json.loads, log.read_text().splitlines()) if "audio_backend" in r]
+    assert sum(r["end"] - r["start"] for r in segments) == 8, segments
+    assert all(r["audio_backend"].startswith("musicgen:") and not r["fallbacks"] for r in segments), segments
+    audio, rms = audible(out)
+    assert audio.shape[0] == 8 * SAMPLE_RATE and rms > 0.01
+
+
 NODE = shutil.which("node") or "node"
 MINECRAFT = ["play", "--source", "minecraft://127.0.0.1:25565", "--duration", "1"]
 
@@ -233,12 +289,28 @@ MINECRAFT = ["play", "--source", "minecraft://127.0.0.1:25565", "--duration", "1
             {},
             "pip install 'metabgm-edge[export]'",
         ),
+        (
+            ["finetune", "--model", "m", "--data", "p.jsonl", "--out", "o"],
+            None,
+            {},
+            "export extra",
+        ),
+        (["eval", "--text", "composer", "--pairs", "p.jsonl"], None, {}, "pip install 'metabgm-edge[eval]'"),
     ],
-    ids=["malformed-scene", "missing-bundle", "minecraft-without-node", "minecraft-without-data", "export"],
+    ids=[
+        "malformed-scene",
+        "missing-bundle",
+        "minecraft-without-node",
+        "minecraft-without-data",
+        "export",
+        "finetune",
+        "eval",
+    ],
 )
 def test_bad_input_gets_one_line(packaged: Path, tmp_path: Path, args, stdin, env, says) -> None:
     if env.get("METABGM_EDGE_NODE") == "node":
         pytest.skip("no node here")
+    (tmp_path / "p.jsonl").write_text("")  # the pairs file finetune and eval are given (they stop first)
     proc = run_clean(packaged, *args, home=tmp_path, stdin=stdin, **env)
     assert proc.returncode != 0
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]

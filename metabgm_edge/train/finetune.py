@@ -251,11 +251,11 @@ def finetune(
     config: FinetuneConfig, *, resume: bool = False, command: str = "", progress: Progress | None = None
 ) -> FinetuneResult:
     """Train a LoRA adapter per ``config``; the adapter is written to ``config.out``."""
+    torch, _, peft = _heavy()  # first: without the export extra (the packaged build) this is the one error
     from metabgm_edge.export.llm import load_model
     from metabgm_edge.export.recipe import RecipeError, resolve_model
 
     say = progress or (lambda line: print(line, file=sys.stderr))
-    torch, _, peft = _heavy()
     if config.batch_size % config.micro_batch:
         raise FinetuneError(
             f"--batch-size {config.batch_size} must be a multiple of --micro-batch {config.micro_batch}"
