@@ -11,7 +11,7 @@ PLAY_ARGS ?=
 MINECRAFT_VERSIONS ?= 1.16.5 1.18.2 1.20.1
 PACKAGING_NPM := packaging/minecraft/node_modules/.stamp
 
-.PHONY: play test lint bench bench-llm bench-musicgen package package-gpu clean
+.PHONY: play test lint bench bench-llm bench-musicgen package package-gpu package-rtx clean
 
 play: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge play $(PLAY_ARGS)
@@ -49,6 +49,10 @@ package: connectors/minecraft/node_modules/.stamp $(PACKAGING_NPM)
 # onnxruntime-gpu (CUDA and TensorRT providers) instead of onnxruntime: dist/metabgm-edge-gpu[-onefile].
 package-gpu: connectors/minecraft/node_modules/.stamp $(PACKAGING_NPM)
 	nice -n 10 $(PYTHON) packaging/build.py --flavor gpu
+
+# onnxruntime with the TensorRT-RTX plugin (RTX cards; needs only the NVIDIA driver): dist/metabgm-edge-rtx[-onefile].
+package-rtx: connectors/minecraft/node_modules/.stamp $(PACKAGING_NPM)
+	nice -n 10 $(PYTHON) packaging/build.py --flavor rtx
 
 $(PACKAGING_NPM): packaging/minecraft/package.json packaging/minecraft/package-lock.json
 	cd packaging/minecraft && npm ci --no-audit --no-fund --loglevel=error

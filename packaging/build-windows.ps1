@@ -2,14 +2,14 @@
 # the Minecraft connector's single executable (dist\metabgm-edge-minecraft\) and its protocol data packs
 # (dist\minecraft-data\). The same steps as `make package` on Linux; packaging\build.py does the freezing.
 #
-#   powershell -ExecutionPolicy Bypass -File packaging\build-windows.ps1 [-Flavor cpu|gpu] [-Python python]
+#   powershell -ExecutionPolicy Bypass -File packaging\build-windows.ps1 [-Flavor cpu|gpu|rtx] [-Python python]
 #              [-MinecraftVersions 1.16.5,1.18.2,1.20.1]
 #
 # Needs Python 3.11 or newer (64-bit) and Node.js 20 on PATH; the network to PyPI and npm. It was
 # written for GitHub's windows-2022 runners (.github/workflows/package-windows.yml) and has NOT been run
 # on Windows by this project yet (the development machines are Linux).
 param(
-    [ValidateSet('cpu', 'gpu')][string]$Flavor = 'cpu',
+    [ValidateSet('cpu', 'gpu', 'rtx')][string]$Flavor = 'cpu',
     [string]$Python = 'python',
     [string[]]$MinecraftVersions = @('1.16.5', '1.18.2', '1.20.1')
 )

@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""Build the packaged metabgm-edge with PyInstaller: one folder and/or one file, CPU or GPU.
+"""Build the packaged metabgm-edge with PyInstaller: one folder and/or one file, CPU, GPU or RTX.
 
-    python packaging/build.py [--flavor cpu|gpu] [--onedir] [--onefile] [--dist dist]
+    python packaging/build.py [--flavor cpu|gpu|rtx] [--onedir] [--onefile] [--dist dist]
                               [--onnxruntime "onnxruntime-gpu==1.31.1"]
 
 1. A build environment of its own, ``build/env-FLAVOR`` (made once; updated when pyproject.toml or
    this file changes): the runtime's dependencies read from pyproject.toml, with onnxruntime taken as
-   ``onnxruntime`` (cpu) or ``onnxruntime-gpu`` (gpu), metabgm-edge itself (editable, so the build
+   ``onnxruntime`` (cpu), ``onnxruntime-gpu`` (gpu) or ``onnxruntime`` with the TensorRT-RTX
+   execution provider plugin (rtx: the ``rtx`` extra), metabgm-edge itself (editable, so the build
    freezes the checkout as it is now) and PyInstaller. Never the export extra: torch, transformers
    and the export tools cannot end up in the build because they are not there to be found.
 2. PyInstaller, once per artifact: ``dist/metabgm-edge/metabgm-edge`` (one folder) and
-   ``dist/metabgm-edge-onefile`` (one file); the GPU flavor is ``metabgm-edge-gpu[-onefile]``. Each holds
+   ``dist/metabgm-edge-onefile`` (one file); the GPU flavor is ``metabgm-edge-gpu[-onefile]``, the RTX
+   flavor ``metabgm-edge-rtx[-onefile]``. Each holds
    the runtime, the prompts, the composer's vocabulary, the synthesizer, onnxruntime with its
    provider libraries and the Minecraft connector's scripts (see packaging/README.md).
 3. Checks on the result: the executable runs ``--version``, no forbidden package is inside, and
@@ -60,6 +62,7 @@ EXCLUDED_OWN = (
 METADATA = (
     "metabgm-edge", "numpy", "msgspec", "click", "tokenizers", "sounddevice", "websockets", "platformdirs",
 )  # fmt: skip
+RTX_PACKAGE = "onnxruntime_ep_nv_tensorrt_rtx"  # the plugin's import name (metabgm_edge.ort.session)
 CONNECTOR_FILES = (
     "connector.js",
     "package.json",
@@ -82,15 +85,19 @@ def _name(req: str) -> str:
 def runtime_requirements(flavor: str, onnxruntime: str | None) -> list[str]:
     """pyproject's runtime dependencies, and onnxruntime as the flavor's extra (``cpu``, ``gpu``) names
     it, without that extra's NVIDIA wheels (``onnxruntime-gpu[cuda,cudnn]``, ``tensorrt-*-libs``:
-    gigabytes; the player's driver and CUDA provide them, see ort/gpulibs.py)."""
+    gigabytes; the player's driver and CUDA provide them, see ort/gpulibs.py). The rtx flavor is the
+    cpu one plus the ``rtx`` extra (the TensorRT-RTX plugin, which brings its own TensorRT-RTX and
+    CUDA runtime: a player needs only the NVIDIA driver)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = project.get("optional-dependencies", {})
     reqs = [r for r in project["dependencies"] if not _name(r).startswith(("onnxruntime", "tensorrt"))]
     if onnxruntime is None:
-        extra = project.get("optional-dependencies", {}).get(flavor, [])
+        extra = extras.get("gpu" if flavor == "gpu" else "cpu", [])
         wanted = "onnxruntime-gpu" if flavor == "gpu" else "onnxruntime"
         spec = next((r for r in extra if _name(r) == wanted), wanted)
         onnxruntime = re.sub(r"\[[^\]]*\]", "", spec)
-    return [*reqs, onnxruntime]
+    plugin = extras.get("rtx", []) if flavor == "rtx" else []
+    return [*reqs, onnxruntime, *plugin]
 
 
 def build_env(flavor: str, onnxruntime: str | None) -> Path:
@@ -127,11 +134,13 @@ def installed(name):
         return None
 dist = "onnxruntime-gpu" if installed("onnxruntime-gpu") else "onnxruntime"
 providers = ",".join(ort.get_available_providers())
-print(json.dumps({"dist": dist, "version": ort.__version__, "providers": providers}))
+rtx = next((n for n in ("onnxruntime-ep-nv-tensorrt-rtx-cu13", "onnxruntime-ep-nv-tensorrt-rtx-cu12")
+            if installed(n)), None)
+print(json.dumps({"dist": dist, "version": ort.__version__, "providers": providers, "rtx_dist": rtx}))
 """
 
 
-def probe_env(python: Path) -> dict[str, str]:
+def probe_env(python: Path) -> dict[str, Any]:
     """Which onnxruntime the build environment has, and its providers."""
     out = subprocess.run([str(python), "-c", PROBE], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
@@ -159,8 +168,12 @@ def bundle_connector() -> Path:
     return out
 
 
-def spec_config(name: str, onefile: bool, work: Path, ort_dist: str, connector: Path) -> dict[str, Any]:
+def spec_config(
+    name: str, onefile: bool, work: Path, probe: dict[str, Any], connector: Path
+) -> dict[str, Any]:
     """What packaging/metabgm-edge.spec builds for one artifact."""
+    rtx = bool(probe.get("rtx_dist"))
+    metadata = [*METADATA, probe["dist"], *([probe["rtx_dist"]] if rtx else [])]
     datas = [
         (str(ROOT / "prompts"), "metabgm_edge/prompts"),
         (str(ROOT / "LICENSE"), "."),
@@ -173,10 +186,36 @@ def spec_config(name: str, onefile: bool, work: Path, ort_dist: str, connector: 
         "entry": str(ROOT / "packaging" / "entry.py"),
         "work": str(work),
         "datas": datas,
-        "metadata": [*METADATA, ort_dist],
+        "metadata": metadata,
         "excludes": [*FORBIDDEN, *EXCLUDED_OWN],
         "strip": not WINDOWS,
+        # The TensorRT-RTX plugin: its libraries (found by the package at run time, not linked), and
+        # onnxruntime's C library beside its Python module, which the plugin links (libonnxruntime.so.1).
+        "hiddenimports": [RTX_PACKAGE] if rtx else [],
+        "dynamic_libs": [RTX_PACKAGE, "onnxruntime"] if rtx else [],
+        "no_strip": [RTX_PACKAGE],  # NVIDIA's libraries as NVIDIA ships them
     }
+
+
+def soname_links(folder: Path) -> list[str]:
+    """``libX.so.1`` and ``libX.so`` links beside each ``libX.so.1.7.1`` in ``folder`` (Linux).
+
+    The TensorRT-RTX wheel ships only the fully versioned files and makes these links inside its own
+    folder when imported; made here, a player's install folder need not be writable."""
+    made: list[str] = []
+    if WINDOWS or not folder.is_dir():
+        return made
+    for real in sorted(folder.iterdir()):
+        m = re.fullmatch(r"(lib.+\.so)\.(\d+)(\.\d+)+", real.name)
+        if not m or real.is_symlink():
+            continue
+        for link in (folder / f"{m.group(1)}.{m.group(2)}", folder / m.group(1)):
+            if not link.exists():
+                link.symlink_to(real.name)
+                made.append(link.name)
+    if made:
+        log(f"made links in {folder}: {', '.join(made)}")
+    return made
 
 
 def freeze(python: Path, config: dict[str, Any], dist: Path) -> None:
@@ -237,7 +276,7 @@ def size_mb(path: Path) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--flavor", choices=["cpu", "gpu"], default="cpu")
+    ap.add_argument("--flavor", choices=["cpu", "gpu", "rtx"], default="cpu")
     ap.add_argument("--onedir", action="store_true", help="Build the one-folder program.")
     ap.add_argument("--onefile", action="store_true", help="Build the one-file program.")
     ap.add_argument("--dist", type=Path, default=ROOT / "dist", help="Where the artifacts go [dist].")
@@ -254,7 +293,12 @@ def main() -> int:
     if ns.flavor == "gpu" and "CUDAExecutionProvider" not in probe["providers"]:
         log("the gpu flavor needs onnxruntime-gpu in its environment; found only CPU providers")
         return 1
-    base = "metabgm-edge" if ns.flavor == "cpu" else "metabgm-edge-gpu"
+    if ns.flavor == "rtx" and not probe["rtx_dist"]:
+        log(
+            "the rtx flavor needs the TensorRT-RTX plugin (the rtx extra) in its environment; it is not there"
+        )
+        return 1
+    base = {"cpu": "metabgm-edge", "gpu": "metabgm-edge-gpu", "rtx": "metabgm-edge-rtx"}[ns.flavor]
     ns.dist.mkdir(parents=True, exist_ok=True)
     for onefile in [False, True]:
         if (onefile and not ns.onefile) or (not onefile and not ns.onedir):
@@ -262,8 +306,10 @@ def main() -> int:
         name = f"{base}-onefile" if onefile else base
         work = ROOT / "build" / "pyinstaller" / name
         t0 = time.perf_counter()
-        freeze(python, spec_config(name, onefile, work, probe["dist"], connector), ns.dist)
+        freeze(python, spec_config(name, onefile, work, probe, connector), ns.dist)
         artifact = ns.dist / name
+        if not onefile:
+            soname_links(artifact / "_internal" / RTX_PACKAGE)
         exe = (artifact / name if not onefile else artifact).with_suffix(".exe" if WINDOWS else "")
         bad = forbidden_in(contents(artifact)) if not onefile else []
         bad += [m for m in frozen_modules(exe, python) if m.split(".")[0] in FORBIDDEN]

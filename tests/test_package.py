@@ -455,3 +455,40 @@ def test_the_gpu_build_names_what_is_missing_and_plays_on_the_cpu(tmp_path: Path
     assert "smollm2-cuda: not using cuda: missing libcuda.so.1 (the NVIDIA driver)" in proc.stderr
     assert "decoder runs on cpu" in proc.stderr
     assert audible(out)[1] > 0.01
+
+
+@pytest.mark.skipif(
+    not os.environ.get("METABGM_EDGE_PACKAGE_RTX"),
+    reason="METABGM_EDGE_PACKAGE_RTX=dist/metabgm-edge-rtx after `make package-rtx` (not built by make test)",
+)
+def test_the_rtx_build_carries_the_plugin_and_plays_on_the_cpu_without_an_rtx_card(
+    tmp_path: Path,
+    smollm2_bundle,  # noqa: F811
+) -> None:
+    """The RTX build (onnxruntime + the TensorRT-RTX plugin with its own TensorRT-RTX and CUDA runtime)
+    on a machine without an NVIDIA driver (this one): the plugin is inside and says why it cannot run,
+    and a bundle made for TensorRT plays on the CPU."""
+    folder = Path(os.environ["METABGM_EDGE_PACKAGE_RTX"]).resolve()
+    exe = folder / "metabgm-edge-rtx"
+    plugin = folder / "_internal" / package_build.RTX_PACKAGE
+    assert (plugin / "libonnxruntime_providers_nv_tensorrt_rtx.so").is_file()
+    assert (plugin / "libtensorrt_rtx.so.1").is_symlink()  # made by the build: the folder may be read-only
+    doctor = run_clean(exe, "doctor", "--json", home=tmp_path)
+    checks = {c["name"]: c for c in json.loads(doctor.stdout)}
+    assert checks["packages"]["status"] == "ok", checks["packages"]
+    assert "onnxruntime-ep-nv-tensorrt-rtx-cu13" in checks["packages"]["detail"]
+    rtx = checks["tensorrt-rtx"]
+    assert rtx["status"] == "error" and "needs the NVIDIA driver" in rtx["detail"], rtx  # nothing else
+    trt_bundle = tmp_path / "smollm2-trt"
+    shutil.copytree(smollm2_bundle("int8"), trt_bundle)
+    manifest = json.loads((trt_bundle / "manifest.json").read_text())
+    (trt_bundle / "manifest.json").write_text(json.dumps({**manifest, "target": "tensorrt"}))
+    out = tmp_path / "rtx.wav"
+    proc = run_clean(
+        exe, "play", "--fast", "--duration", "10", "--deadline", "120", "--text", str(trt_bundle),
+        "--out", str(out), home=tmp_path, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "smollm2-trt: not using tensorrt_rtx: the TensorRT-RTX EP needs the NVIDIA driver" in proc.stderr
+    assert "decoder runs on cpu" in proc.stderr
+    assert audible(out)[1] > 0.01

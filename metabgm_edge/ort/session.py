@@ -167,6 +167,11 @@ def rtx_plugin() -> RtxPlugin | str:
         ort.register_execution_provider_library(registration, library)
     except Exception as exc:  # already registered in this process, or the library does not load
         if not _rtx_devices(registration):
+            if "libcuda.so" in str(exc) or "nvcuda.dll" in str(exc):  # the plugin brings all but the driver
+                return (
+                    "the TensorRT-RTX EP needs the NVIDIA driver (libcuda.so.1 / nvcuda.dll does not load): "
+                    "install the NVIDIA driver for your RTX card"
+                )
             return f"onnxruntime could not register the TensorRT-RTX EP ({library}): {exc}"
     devices = _rtx_devices(registration)
     if not devices:
