@@ -9,18 +9,29 @@ Threads (real time):
     callback  PortAudio (or the file sink's thread): ring buffer -> device and WAV
     main      here: a watchdog that extends the music when a segment is late, Ctrl-C, --duration
 
-Timeline. Segment k's window closes at ``end``; its audio must be in the mixer by
-``end + deadline`` (the deadline is the interval unless set), when the audio before it runs out.
-The first segment (the ``start`` prelude, rendered from the first sample) and every sharp-change
-segment (rendered at once and crossfaded in over what is playing as soon as its first chunk is
-there) therefore last ``interval + deadline``; regular segments last ``interval`` and join the
-previous one's tail with an equal-power crossfade.
+Timeline. The lag between a window's close and its music is what the backends need, not a
+fixed interval. Segment k is rendered to last until the next window is expected to close plus a
+*lead*: the margin its music needs to be ready, learned from the measured stage times (1.25 x
+the longest of the last segments' needs, plus the ring's guard; see :meth:`Session.lead`), so a
+slow LLM or a slow audio backend gets a longer lead and never underruns. Its end is then carried
+on to the next natural point of its music (a bar line, or a beat of a long bar: the anchor's
+optional :class:`~metabgm_edge.audio.BarGrid`) by a short extension rendered from its anchor, so
+the next window's music joins at a bar line, as soon as it is ready. A sharp change (combat
+starts or ends, the dimension changes, health drops) is rendered at once, its short head first,
+and crossfaded in over what is playing, right behind the audio the device is about to play (the
+deep ring buffer gives back what it holds and has not played). Every segment's log line says
+when it became audible and, for a change, the lag from the first sample that saw it.
 
 Fallbacks, each named, logged and counted, none of them silent:
     text.<stage>.error / text.<stage>.deadline   the composer rules write that stage instead
     audio.error / audio.deadline                  the previous segment is extended, crossfaded
     audio.replaced                                after 3 audio failures in a row the embedded
                                                   synthesizer takes over for the session
+    audio.late_extend                             the next segment is late while the music is
+                                                  about to run out: the music is extended, the
+                                                  late segment then cuts in
+    audio.align.error                             the extension to the next bar line failed: the
+                                                  next segment joins where the music ends
 With ``fast`` the session runs on virtual time as fast as the machine allows (no device): the WAV
 holds exactly ``duration`` seconds, aligned with the game clock as a real-time run would be.
 """
@@ -39,11 +50,18 @@ import msgspec
 import numpy as np
 
 from metabgm_edge.acquisition import Acquisition, FastClock, RealClock
-from metabgm_edge.audio import CONTEXT_SECONDS, AudioBackend, AudioRequest, anchor_to_metadata
+from metabgm_edge.audio import (
+    CONTEXT_SECONDS,
+    AudioBackend,
+    AudioRequest,
+    anchor_to_metadata,
+    next_join_point,
+)
+from metabgm_edge.errors import MetabgmError
 from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 from metabgm_edge.playback.mixer import Join, Mixer
-from metabgm_edge.playback.wav import WavWriter
-from metabgm_edge.session_log import SegmentRecord, SessionStats
+from metabgm_edge.playback.wav import open_wav_writer
+from metabgm_edge.session_log import SegmentRecord, SessionStats, SessionSummary
 from metabgm_edge.sources import Source
 from metabgm_edge.stages import DescribeResult, Mode, describe
 from metabgm_edge.state import Window
@@ -56,6 +74,20 @@ AUDIO_FAILURES_BEFORE_REPLACING: Final = 3
 SHARP: Final = frozenset({"combat_start", "combat_end", "dimension", "health_drop"})
 HEAD_SECONDS: Final = 3.0
 """A sharp change's segment is rendered in two parts: this head first, heard at once."""
+FAST_LEAD: Final = 0.5
+"""The lead in --fast (virtual time): fixed, so that a fast session is reproducible."""
+INITIAL_LEAD: Final = 1.0
+"""The lead before any stage time has been measured."""
+MIN_LEAD: Final = 0.3
+MAX_LEAD: Final = 30.0
+LEAD_FACTOR: Final = 1.25
+LEAD_SAFETY: Final = 0.1
+"""Seconds added to the learned lead on top of the ring's guard."""
+LEAD_HISTORY: Final = 5
+"""Segments whose measured needs the lead covers."""
+MIN_SEGMENT: Final = 1.0
+RESERVE_SECONDS: Final = 0.5
+"""Tail rendered past one crossfade: music the deep ring keeps playing while the next segment comes."""
 
 
 class PlayOptions(msgspec.Struct, kw_only=True):
@@ -72,8 +104,12 @@ class PlayOptions(msgspec.Struct, kw_only=True):
     fast: bool = False
     duration: float | None = None
     """Stop after this many seconds of session time (None: until the source ends or Ctrl-C)."""
-    buffer_seconds: float = 0.25
-    """Audio kept in the ring ahead of the device: small, so scene changes are heard quickly."""
+    buffer_seconds: float = 1.0
+    """Audio kept in the ring ahead of the device, so a busy machine never starves it. Joins take
+    back what the device has not played, so this depth adds nothing to a change's latency."""
+    lead: float | None = None
+    """Seconds from a window's close to its music (before the wait for a bar line); None: learned
+    from the measured stage times in real time, :data:`FAST_LEAD` with ``fast``."""
 
     @property
     def budget(self) -> float:
@@ -172,6 +208,12 @@ class Session:
             prelude=True,
         )
         self.mixer = Mixer(audio.sample_rate, audio.channels, crossfade_s=opts.crossfade)
+        self._feeder: Any = None
+        """The real-time feeder (None in fast mode): where the listener is on the stream."""
+        self._device_latency = 0.0
+        self._needs: list[float] = []
+        """Measured needs (see SegmentRecord.lead_needed) of the last segments."""
+        self._rejects_seen: dict[str, int] = {}
         self.on_segment: Callable[[SegmentRecord], None] | None = None
         """Called after each segment is queued (the CLI prints a line)."""
 
@@ -215,41 +257,29 @@ class Session:
 
     def _render(
         self,
-        description: str,
-        seconds: float,
-        seed: int,
+        request: AudioRequest,
         fallbacks: list[str],
         deadline: float,
         *,
         join: Join,
-        first_chunk: float,
+        closed_mono: float,
         now: Callable[[], float],
-    ) -> float | None:
+    ) -> Rendered | None:
         """Stream one segment from the audio backend into the mixer, chunk by chunk as it comes.
 
-        Returns the session time its first chunk was queued, or None when nothing was queued (the
+        Returns where and when it entered the music, or None when nothing was queued (the
         previous segment is then extended). A failure after some audio was queued keeps what came
         and extends it for the rest.
         """
         opts = self.options
         sr = self.audio.sample_rate
-        tail_frames = round(opts.crossfade * sr)
+        tail_frames = round(request.tail * sr)
         backend = self.audio
-        anchor = self._anchor
-        own = anchor is not None and getattr(anchor, "kind", None) == backend.kind
-        request = AudioRequest(
-            description=description,
-            seconds=seconds,
-            tail=opts.crossfade,
-            seed=seed,
-            anchor=anchor,
-            context=None if own else self.mixer.context(CONTEXT_SECONDS),
-            first_chunk=first_chunk,
-        )
-        want = round((seconds + opts.crossfade) * sr)
+        want = round((request.seconds + request.tail) * sr)
         lock = threading.Lock()
         cancel = threading.Event()
-        got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0}
+        got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0, "need": 0.0,
+                               "join": join}  # fmt: skip
 
         def work() -> None:
             for chunk in backend.stream(request):
@@ -259,8 +289,14 @@ class Session:
                 with lock:
                     if cancel.is_set():
                         return
+                    # How early the music could have started for this chunk to be in time.
+                    need = time.monotonic() - closed_mono - got["frames"] / sr
+                    got["need"] = max(got["need"], need)
                     if got["seg"] is None:
-                        got["seg"] = self.mixer.begin(join, tail_frames)
+                        # The music had to be extended while this segment was on its way: it cuts
+                        # in over the extension instead of waiting for the extension's end.
+                        got["join"] = "transition" if self._late.is_set() else join
+                        got["seg"] = self.mixer.begin(got["join"], tail_frames)
                     got["seg"].add(audio)
                     got["frames"] += audio.shape[0]
                     if got["queued_at"] is None:
@@ -288,7 +324,7 @@ class Session:
             fallbacks.append(reason)
             self._fallbacks[reason] += 1
             self._audio_failures += 1
-            missing = seconds - max(0, got["frames"] - tail_frames) / sr
+            missing = request.seconds - max(0, got["frames"] - tail_frames) / sr
             if missing > 0:
                 self.mixer.extend_previous(missing)
             if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and not self._replaced:
@@ -303,21 +339,115 @@ class Session:
                 self._audio_guard = Guard("audio")
                 fallbacks.append("audio.replaced")
                 self._fallbacks["audio.replaced"] += 1
-            return got["queued_at"]
-        got["seg"].end()
+            seg = got["seg"]
+            if seg is None or seg.start_frame is None:
+                return None
+            return Rendered(got["queued_at"], seg.start_frame, seg.late, got["need"], None, got["join"])
+        seg = got["seg"]
+        seg.end()
         self._audio_failures = 0
         self._anchor = got["anchor"]
-        return got["queued_at"]
+        return Rendered(got["queued_at"], seg.start_frame, seg.late, got["need"], got["anchor"], got["join"])
+
+    def _request(self, description: str, seconds: float, seed: int, first_chunk: float = 0.0) -> AudioRequest:
+        anchor = self._anchor
+        own = anchor is not None and getattr(anchor, "kind", None) == self.audio.kind
+        return AudioRequest(
+            description=self.profile.audio_description(description),  # what the listener avoids, named
+            seconds=seconds,
+            tail=self.options.crossfade + RESERVE_SECONDS,
+            seed=seed,
+            anchor=anchor,
+            context=None if own else self.mixer.context(CONTEXT_SECONDS),
+            first_chunk=first_chunk,
+        )
+
+    # -- the timeline ---------------------------------------------------------------------------
+
+    def lead(self) -> float:
+        """Seconds between a window's close and its music being heard, before the wait for a bar
+        line: :attr:`PlayOptions.lead` if set; :data:`FAST_LEAD` in fast mode; else learned,
+        :data:`LEAD_FACTOR` x the largest need of the last :data:`LEAD_HISTORY` segments (text
+        time + how late each audio chunk came) plus the ring's guard and :data:`LEAD_SAFETY`."""
+        opts = self.options
+        if opts.lead is not None:
+            return opts.lead
+        if opts.fast:
+            return FAST_LEAD
+        if not self._needs:
+            return INITIAL_LEAD
+        guard = self._feeder.guard() / self.mixer.sample_rate if self._feeder is not None else 0.0
+        learned = LEAD_FACTOR * max(self._needs) + guard + LEAD_SAFETY
+        return min(MAX_LEAD, max(MIN_LEAD, learned))
+
+    def frame_time(self, frame: int) -> float:
+        """Session time at which stream frame ``frame`` is (or was) heard."""
+        sr = self.mixer.sample_rate
+        if self._feeder is None:
+            return frame / sr  # fast mode: the WAV is the game clock
+        return self.clock.now() + (frame - self._feeder.heard_frame) / sr + self._device_latency
+
+    def _earliest(self, now: float) -> float:
+        """The soonest a transition starting at session time ``now`` can be heard."""
+        if self._feeder is None:
+            return now
+        return now + self._feeder.guard() / self.mixer.sample_rate + self._device_latency
+
+    def _align(self, description: str, seed: int, target: float, fallbacks: list[str]) -> float:
+        """Carry the music queued last on to the first natural point at or after session time
+        ``target`` (the next window's expected close plus the lead): a short extension rendered
+        from its anchor, so the next window's music joins at a bar line. Returns the seconds added."""
+        ends = self.frame_time(self.mixer.join_frame)
+        point = next_join_point(self._anchor, max(0.0, target - ends))
+        if point is None:  # no bar grid (MusicGen): only a lead that grew needs more music
+            point = target - ends if target - ends > 0.25 else 0.0
+        if point < 0.02 or self.mixer.streaming:
+            return 0.0
+        seconds = min(point, 2 * self.options.interval)
+        request = self._request(description, seconds, seed)
+        try:
+            self._audio_guard.call(lambda: self._extend_from(request), max(2.0, 0.25 * self.options.budget))
+        except Exception as exc:
+            log.warning("%s could not carry the music on to its next bar line (%s: %s); the next "
+                        "segment joins where it ends", self.audio.name, type(exc).__name__, exc)  # fmt: skip
+            fallbacks.append("audio.align.error")
+            self._fallbacks["audio.align.error"] += 1
+            return 0.0
+        log.debug("music carried on %.2f s to its next bar line", seconds)
+        return seconds
+
+    def _extend_from(self, request: AudioRequest) -> None:
+        sr = self.audio.sample_rate
+        seg = None
+        anchor = None
+        frames = 0
+        try:
+            for chunk in self.audio.stream(request):
+                audio = np.asarray(chunk.audio, dtype=np.float32)
+                if audio.ndim != 2 or audio.shape[1] != self.audio.channels:
+                    raise ValueError(f"a chunk of shape {audio.shape}")
+                if seg is None:
+                    seg = self.mixer.begin("append", round(request.tail * sr))
+                seg.add(audio)
+                frames += audio.shape[0]
+                if chunk.last:
+                    anchor = chunk.anchor
+                    break
+        finally:
+            if seg is not None:
+                seg.end(keep_last="extend")
+        if anchor is None or abs(frames - round((request.seconds + request.tail) * sr)) > 1:
+            raise ValueError("the extension came back incomplete")
+        self._anchor = anchor
 
     def _process(self, seg: Window, now: Callable[[], float]) -> SegmentRecord:
         opts = self.options
         t0 = time.monotonic()
+        closed_mono = t0 if opts.fast else t0 - max(0.0, now() - seg.end)
         fallbacks: list[str] = []
         result = self._describe(seg, fallbacks, t0)
-        sharp = seg.trigger in SHARP or seg.trigger == "start"
-        seconds = opts.interval + (opts.budget if sharp else 0.0)
+        sharp = seg.trigger in SHARP
         seed = opts.seed + seg.index
-        audio_deadline = t0 + opts.budget
         late = self._late.is_set()
         if seg.trigger == "start":
             join, mixer_join = "start", "append"
@@ -325,32 +455,68 @@ class Session:
             join, mixer_join = "transition", "transition"
         else:
             join, mixer_join = "append", "append"
+        lead = self.lead()
+        next_close = seg.end + opts.interval
+        target = next_close + lead
+        if join == "append":
+            begins = self.frame_time(self.mixer.join_frame)
+            deadline = begins - (self._feeder.guard() / self.mixer.sample_rate if self._feeder else 0.0)
+        else:
+            begins = self._earliest(now())
+            deadline = seg.end + opts.budget
+        seconds = max(MIN_SEGMENT, target - begins)
         # A new scene should be heard at once: ask for a short head first (the mixer cuts over to
         # it as soon as it arrives); the rest of the segment follows.
-        first_chunk = HEAD_SECONDS if sharp and seconds > HEAD_SECONDS + 1.0 else 0.0
+        first_chunk = HEAD_SECONDS if join != "append" and seconds > HEAD_SECONDS + 1.0 else 0.0
         t_audio = time.monotonic()
-        queued = self._render(result.description, seconds, seed, fallbacks, audio_deadline,
-                              join=mixer_join, first_chunk=first_chunk, now=now)  # fmt: skip
-        if queued is None:
+        request = self._request(result.description, seconds, seed, first_chunk)
+        hard = t0 + opts.budget
+        rendered = self._render(request, fallbacks, hard, join=mixer_join, closed_mono=closed_mono, now=now)
+        if rendered is None:
             join = "extend"
-            queued = now()
-        elif join == "transition":
-            self.stats.transitions += 1
-        queued_at = queued
+            queued_at, start_frame, late_join, need = now(), None, False, None
+        else:
+            queued_at, start_frame, late_join, need = (
+                rendered.queued_at,
+                rendered.start_frame,
+                rendered.late,
+                rendered.need,
+            )
+            if rendered.join == "transition" and join == "append":
+                join, late = "transition", True  # it came late: cut in over the extended music
+            if join == "transition":
+                self.stats.transitions += 1
+            if not opts.fast and need is not None:
+                self._needs.append(need)
+                del self._needs[:-LEAD_HISTORY]
+        heard_at = audible_at = None
+        if start_frame is not None:
+            heard_at = self.frame_time(start_frame)
+            audible_at = heard_at + opts.crossfade / 2
+        rendered_seconds = seconds  # (a failed render is made up by extending the previous segment)
+        if rendered is not None and rendered.anchor is not None:
+            rendered_seconds += self._align(result.description, seed, next_close + self.lead(), fallbacks)
         t_done = time.monotonic()
         self._late.clear()
-        deadline = seg.end + opts.budget
         overran = any(f.endswith(".deadline") for f in fallbacks)
-        missed = (not opts.fast and queued_at > deadline) or late or overran
+        missed = late or overran or late_join or (not opts.fast and join != "append" and queued_at > deadline)
         if missed:
             self.stats.deadline_misses += 1
         timings = dict(result.timings)
-        timings["audio"] = t_done - t_audio
+        timings["audio"] = t_done - t_audio  # the segment and its extension to the next bar line
         timings["total"] = t_done - t0
         for k, v in timings.items():
             self.stats.stage_seconds.setdefault(k, []).append(v)
-        if seg.trigger in SHARP and join == "transition":
-            self.stats.transition_latency.append(queued_at - seg.end + self._output_delay())
+        kind = "sharp" if sharp else "gradual"
+        lag = None
+        if audible_at is not None:
+            if seg.trigger != "start":
+                self.stats.close_lag.setdefault(kind, []).append(audible_at - seg.end)
+            if seg.changed_at is not None:
+                lag = audible_at - seg.changed_at
+                self.stats.change_lag.setdefault(kind, []).append(lag)
+            if sharp and join == "transition":
+                self.stats.transition_latency.append(audible_at - seg.end)
         return SegmentRecord(
             index=seg.index,
             start=seg.start,
@@ -376,14 +542,28 @@ class Session:
             missed_deadline=missed,
             fallbacks=fallbacks,
             join=join,
-            audio_seconds=seconds,
+            audio_seconds=rendered_seconds,
+            heard_at=heard_at,
+            audible_at=audible_at,
+            lead=lead,
+            lead_needed=need,
+            change=seg.change,
+            changed_at=seg.changed_at,
+            lag=lag,
+            rejected=self._new_rejects(),
+            late=late_join,
         )
 
-    def _output_delay(self) -> float:
-        """Seconds between the mixer and the ear: the ring's fill plus half a crossfade."""
-        if self.options.fast:
-            return self.options.crossfade / 2
-        return self.options.buffer_seconds + self.options.crossfade / 2
+    def _new_rejects(self) -> dict[str, int]:
+        """Live messages rejected since the last call, by reason."""
+        reasons = self.source.stats().reasons
+        new = {
+            k: n - self._rejects_seen.get(k, 0)
+            for k, n in reasons.items()
+            if n > self._rejects_seen.get(k, 0)
+        }
+        self._rejects_seen = dict(reasons)
+        return new
 
     def _record(self, rec: SegmentRecord) -> None:
         self.stats.segments += 1
@@ -403,27 +583,43 @@ class Session:
 
     def run(self) -> SessionStats:
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = self.log_path.open("w", encoding="utf-8")
+            try:
+                if self.log_path.parent and not self.log_path.parent.exists():
+                    self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._log_file = self.log_path.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise MetabgmError(
+                    f"cannot write the session log {self.log_path}: {exc.strerror or exc}"
+                ) from None
         try:
             if self.options.fast:
                 self._run_fast()
             else:
                 self._run_real_time()
         finally:
-            if self._log_file is not None:
-                self._log_file.close()
             self.stats.fallbacks = dict(self._fallbacks)
             self.stats.extensions = self.mixer.stats.extensions
             self.stats.starvations = self.mixer.stats.starvations
-            self.stats.source = msgspec.to_builtins(self.source.stats())
+            source = self.source.stats()
+            self.stats.source = msgspec.to_builtins(source)
+            self.stats.rejected = dict(source.reasons)
+            self.stats.received = source.received
+            if self._log_file is not None:
+                summary = SessionSummary(summary=self.stats)
+                self._log_file.write(self._encoder.encode(summary).decode() + "\n")
+                self._log_file.close()
         return self.stats
 
     def _run_fast(self) -> None:
         """Virtual time: audio is written exactly up to each segment's end before it joins."""
         sr = self.audio.sample_rate
         self.acquisition.start()  # first: a source that cannot start leaves no half-made file
-        writer = WavWriter(self.out, sr, self.audio.channels) if self.out is not None else None
+        writer = None
+        try:
+            writer = open_wav_writer(self.out, sr, self.audio.channels) if self.out is not None else None
+        except BaseException:
+            self.acquisition.stop()
+            raise
         written = 0
         self.stats.sink = "file" if writer else "null"
 
@@ -467,49 +663,84 @@ class Session:
         opts = self.options
         sr = self.audio.sample_rate
         self.acquisition.start()  # first: a source that cannot start opens no device or file
-        ring = RingBuffer(max(4 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
-        sink = open_sink(ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device,
-                         device=self.device, paced=True)  # fmt: skip
+        try:
+            ring = RingBuffer(max(2 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
+            sink = open_sink(
+                ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device, device=self.device,
+                paced=True, strict_device=self.device is not None,
+            )  # fmt: skip
+        except BaseException:
+            self.acquisition.stop()
+            raise
         feeder = Feeder(self.mixer, ring, target_seconds=opts.buffer_seconds, realtime=True)
+        self._feeder = feeder
         self.stats.sink = getattr(sink, "kind", type(sink).__name__)
         pipeline = threading.Thread(target=self._pipeline, name="metabgm-pipeline", daemon=True)
-        low_water = opts.crossfade + opts.buffer_seconds + 0.25
         pipeline.start()
+        started = False
         try:
             # The ring starts empty: wait for the first (start) segment before the device runs.
-            while not self._stop.is_set() and self.mixer.queued_seconds == 0 and pipeline.is_alive():
+            while not self._stop.is_set() and self.mixer.end_frame == 0 and pipeline.is_alive():
+                if opts.duration is not None and self.clock.now() >= opts.duration:
+                    break
                 time.sleep(0.01)
+            if self.mixer.end_frame == 0:  # stopped, or --duration passed, before any music
+                log.warning("no music was made: %s", self._nothing_heard())
+                return
             feeder.start()
+            ready = time.monotonic() + 1.0  # the device starts on a filled ring, never on an empty one
+            while ring.available_frames < feeder.target_frames // 2 and time.monotonic() < ready:
+                if self.mixer.queued_frames == 0 and ring.available_frames > 0:
+                    break
+                time.sleep(0.002)
             sink.start()
+            started = True
+            retry_at = 0.0
+            self._device_latency = float(getattr(sink.stats(), "latency_s", 0.0) or 0.0)
             while not self._stop.is_set() and pipeline.is_alive():
                 time.sleep(0.05)
                 if opts.duration is not None and self.clock.now() >= opts.duration:
                     break
-                if self.mixer.queued_seconds < low_water and not self._stop.is_set():
+                ahead = (ring.available_frames + self.mixer.queued_frames) / sr
+                low_water = feeder.guard() / sr + 0.3
+                waiting = time.monotonic() < retry_at or self.mixer.streaming or self._stop.is_set()
+                if ahead < low_water and not waiting:
                     # The next segment is late: keep the music going with the previous one.
                     got = self.mixer.extend_previous(opts.interval / 2)
                     if got > 0:
                         self._late.set()
                         self._fallbacks["audio.late_extend"] += 1
                         log.warning("next segment is late: extended the music by %.1f s", got)
+                    else:
+                        retry_at = time.monotonic() + 0.5
         except KeyboardInterrupt:
             log.info("stopped by Ctrl-C")
         finally:
             self._stop.set()
             self.acquisition.stop()
             pipeline.join(timeout=2 * opts.budget)
-            # End with a fade: crossfade whatever plays into silence and drop the rest.
-            fade = round(opts.crossfade * sr)
-            self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
-            feeder.finish(timeout=2.0)
+            if started:
+                # End with a fade: crossfade whatever plays into silence and drop the rest.
+                fade = round(opts.crossfade * sr)
+                self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
+                feeder.finish(timeout=2.0)
             feeder.stop()
             if self._anchor is not None:  # `render --continue-from` the recording continues the music
                 sink.set_metadata(anchor_to_metadata(self._anchor))
+            if not started:
+                sink.start()  # a valid (empty) WAV all the same
             sink.stop(drain=True, timeout=2.0)
             st = sink.stats()
             self.stats.underruns = st.ring_underruns
             self.stats.device_underflows = getattr(st, "underflows", 0)
             self.stats.seconds = st.frames / sr
+
+    def _nothing_heard(self) -> str:
+        st = self.source.stats()
+        if st.received == 0:
+            return f"no message came from {self.source.uri}"
+        reasons = ", ".join(f"{k} x{n}" for k, n in sorted(st.reasons.items()))
+        return f"{st.received} messages came from {self.source.uri}, none valid ({reasons})"
 
     def _pipeline(self) -> None:
         try:
@@ -520,3 +751,15 @@ class Session:
                 self._record(self._process(seg, self.clock.now))
         except Exception:
             log.exception("the pipeline failed; the session stops")
+
+
+class Rendered(msgspec.Struct, frozen=True):
+    """Where and when a rendered segment entered the music."""
+
+    queued_at: float
+    start_frame: int
+    late: bool
+    need: float
+    anchor: Any
+    join: str
+    """How it entered: the mixer's join (a late one became a transition)."""

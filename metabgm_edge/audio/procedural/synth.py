@@ -151,6 +151,18 @@ class SynthAnchor(Struct, frozen=True, kw_only=True):
             f"energy {self.energy:.2f}{drums}, {'+'.join(self.instruments)}"
         )
 
+    def bar_seconds(self) -> float:
+        """One bar, in seconds (the optional BarGrid capability of audio.interface)."""
+        return self.meter * 60.0 / self.tempo
+
+    def beats_per_bar(self) -> int:
+        return self.meter
+
+    def seconds_to_bar(self) -> float:
+        """Seconds from this point to the next bar line (0 on one)."""
+        beats = (-self.beat) % self.meter
+        return 0.0 if beats < 1e-6 or self.meter - beats < 1e-6 else beats * 60.0 / self.tempo
+
     def to_bytes(self) -> bytes:
         """JSON bytes (what a WAV's metadata chunk stores for ``render --continue-from``)."""
         return msgspec.json.encode(self)
