@@ -727,9 +727,9 @@ class Session:
             feeder.stop()
             if self._anchor is not None:  # `render --continue-from` the recording continues the music
                 sink.set_metadata(anchor_to_metadata(self._anchor))
-            if not started:
-                sink.start()  # a valid (empty) WAV all the same
-            sink.stop(drain=True, timeout=2.0)
+            sink.stop(drain=started, timeout=2.0)
+            if not started and self.out is not None:
+                open_wav_writer(self.out, sr, self.audio.channels).close()  # a valid, empty WAV all the same
             st = sink.stats()
             self.stats.underruns = st.ring_underruns
             self.stats.device_underflows = getattr(st, "underflows", 0)
