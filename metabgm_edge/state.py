@@ -304,6 +304,12 @@ def state_from_dict(data: dict[str, Any]) -> SceneState:
 
 def json_schema() -> dict[str, Any]:
     schema = msgspec.json.schema(SceneState)
+    top = schema["$defs"]["SceneState"] if "$defs" in schema and "$ref" in schema else schema
+    # The envelope travels with the state; unknown top-level fields are accepted (kept in "extra").
+    top["properties"]["t"] = {"type": "number", "description": "sender time in seconds (replay files: required)"}
+    top["properties"]["token"] = {"type": "string", "description": "the shared secret, when the listener has one"}
+    top["additionalProperties"] = True
+    top["required"] = ["v"]
     schema["$comment"] = (
         f"metabgm-edge live-state protocol v{PROTOCOL_VERSION}. Send one JSON object per datagram "
         f"(UDP) or text frame (WebSocket), at most {MAX_MESSAGE_BYTES} bytes, nested at most "
