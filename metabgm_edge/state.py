@@ -306,8 +306,9 @@ def json_schema() -> dict[str, Any]:
     schema = msgspec.json.schema(SceneState)
     top = schema["$defs"]["SceneState"] if "$defs" in schema and "$ref" in schema else schema
     # The envelope travels with the state; unknown top-level fields are accepted (kept in "extra").
-    top["properties"]["t"] = {"type": "number", "description": "sender time in seconds (replay files: required)"}
-    top["properties"]["token"] = {"type": "string", "description": "the shared secret, when the listener has one"}
+    props = top["properties"]
+    props["t"] = {"type": "number", "description": "sender time in seconds (replay files: required)"}
+    props["token"] = {"type": "string", "description": "the shared secret, when the listener has one"}
     top["additionalProperties"] = True
     top["required"] = ["v"]
     schema["$comment"] = (

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -262,6 +263,79 @@ def test_ctrl_c_stops_cleanly_and_the_wav_is_valid(tmp_path: Path) -> None:
     audio, info = read_wav(out)
     assert info.sample_rate == SR and audio.shape[0] > 2 * SR
     assert all(msgspec.json.decode(line) for line in log.read_text().splitlines())
+
+
+def _interrupt(
+    args: list[str], log: Path, env: dict[str, str], source_feed: Any = None
+) -> tuple[int, str, str]:
+    """Start ``play``, wait for three segments in its log, press Ctrl-C (SIGINT)."""
+    proc = subprocess.Popen([sys.executable, "-m", "metabgm_edge", "play", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)  # fmt: skip
+    stop = threading.Event()
+    feeder = threading.Thread(target=source_feed, args=(stop,), daemon=True) if source_feed else None
+    if feeder is not None:
+        feeder.start()
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count("\n") < 3):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        stop.set()
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, stdout, stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fast", "live source"])
+def test_ctrl_c_in_every_mode_leaves_a_valid_wav_and_log(tmp_path: Path, mode: str) -> None:
+    import json
+    import socket
+
+    import soundfile
+
+    out, log = tmp_path / "out.wav", tmp_path / "log.jsonl"
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "PULSE_SERVER")}
+    common = ["--text", "composer", "--interval", "2", "--out", str(out), "--log", str(log)]
+    feed = None
+    if mode == "fast":
+        args = [*common, "--fast", "--duration", "100000"]  # it would run for a long while
+    else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        args = [*common, "--source", f"udp://127.0.0.1:{port}", "--sample-period", "0.5"]
+        message = json.dumps({"v": 1, "scene": {"biome": "desert"}, "temperature": 2.0}).encode()
+
+        def feed(stop: threading.Event) -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                while not stop.is_set():
+                    s.sendto(message, ("127.0.0.1", port))
+                    stop.wait(0.2)
+
+    code, stdout, stderr = _interrupt(args, log, env, feed)
+    assert code == 0, stderr
+    assert "Traceback" not in stderr and "played" in stdout
+    info = soundfile.info(str(out))  # the header was finalised: a strict reader agrees
+    assert info.samplerate == SR and info.frames > 2 * SR
+    lines = log.read_text().splitlines()
+    assert all(msgspec.json.decode(line) for line in lines)
+    assert '"summary"' in lines[-1]  # the totals were written on the way out
+
+
+@pytest.mark.slow
+@pytest.mark.audio_device
+def test_ctrl_c_on_a_real_device(pulse_null_sink: PulseSink, tmp_path: Path) -> None:
+    import soundfile
+
+    out, log = tmp_path / "out.wav", tmp_path / "log.jsonl"
+    args = ["--text", "composer", "--interval", "2", "--out", str(out), "--log", str(log)]
+    code, stdout, stderr = _interrupt(args, log, pulse_null_sink.env)
+    assert code == 0, stderr
+    assert "on device" in stdout and "Traceback" not in stderr
+    assert soundfile.info(str(out)).frames > 2 * SR
 
 
 @pytest.mark.audio_device
