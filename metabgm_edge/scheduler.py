@@ -212,6 +212,8 @@ class Session:
         """The real-time feeder (None in fast mode): where the listener is on the stream."""
         self._device_latency = 0.0
         self._needs: list[float] = []
+        self._rates: list[float] = []
+        """Seconds the audio backend took per second of audio, for the last segments."""
         """Measured needs (see SegmentRecord.lead_needed) of the last segments."""
         self._rejects_seen: dict[str, int] = {}
         self.on_segment: Callable[[SegmentRecord], None] | None = None
@@ -380,6 +382,16 @@ class Session:
         learned = LEAD_FACTOR * max(self._needs) + guard + LEAD_SAFETY
         return min(MAX_LEAD, max(MIN_LEAD, learned))
 
+    def _head(self, seconds: float) -> float:
+        """How long the first chunk of a segment that cuts in at once should be: :data:`HEAD_SECONDS`,
+        or longer when the measured render speed says the rest would not come before the head has
+        played (a slow or busy machine), so the new music never stops after its head."""
+        if seconds <= HEAD_SECONDS + 1.0:
+            return 0.0
+        rate = 1.5 * max(self._rates) if self._rates else 0.0  # seconds of work per second of audio
+        head = max(HEAD_SECONDS, (rate * seconds + 0.5) / (1.0 + rate))
+        return head if head + 1.0 < seconds else 0.0
+
     def frame_time(self, frame: int) -> float:
         """Session time at which stream frame ``frame`` is (or was) heard."""
         sr = self.mixer.sample_rate
@@ -467,7 +479,7 @@ class Session:
         seconds = max(MIN_SEGMENT, target - begins)
         # A new scene should be heard at once: ask for a short head first (the mixer cuts over to
         # it as soon as it arrives); the rest of the segment follows.
-        first_chunk = HEAD_SECONDS if join != "append" and seconds > HEAD_SECONDS + 1.0 else 0.0
+        first_chunk = self._head(seconds) if join != "append" else 0.0
         t_audio = time.monotonic()
         request = self._request(result.description, seconds, seed, first_chunk)
         hard = t0 + opts.budget
@@ -489,6 +501,9 @@ class Session:
             if not opts.fast and need is not None:
                 self._needs.append(need)
                 del self._needs[:-LEAD_HISTORY]
+            if seconds > 0:
+                self._rates.append((time.monotonic() - t_audio) / seconds)
+                del self._rates[:-LEAD_HISTORY]
         heard_at = audible_at = None
         if start_frame is not None:
             heard_at = self.frame_time(start_frame)

@@ -56,8 +56,9 @@ class BarGrid(Protocol):
     def beats_per_bar(self) -> int: ...
 
 
-MAX_JOIN_STEP_S: Final = 3.0
-"""Longest wait for a natural join point: bars longer than this are split on their beats."""
+MAX_JOIN_STEP_S: Final = 2.5
+"""Longest wait for a natural join point: bars longer than this are split on their beats (a 4/4
+bar at 80 BPM joins on its first or third beat)."""
 
 
 def next_join_point(anchor: Any, after: float = 0.0, *, max_step: float = MAX_JOIN_STEP_S) -> float | None:
