@@ -10,9 +10,10 @@ Two measurements, both through the real :class:`~metabgm_edge.scheduler.Session`
    starvations and deadline misses.
 2. **Scene change to audible** (real time, no device: the paced null sink, which pulls the
    ring at the device's rate): a scripted source plays a calm day in a forest, then one change
-   after another, each once the music of the one before is heard: gradual ones (nightfall, rain,
-   going underground), which wait for their window to close, and sharp ones (combat starts,
-   combat ends, the Nether, health drops), which cut in at once. For every change::
+   after another, each once the music of the one before is heard: gradual ones (dusk, nightfall,
+   rain, thunder, going underground, another cave biome), which wait for their window to close,
+   and sharp ones (combat starts, combat ends, the Nether, health drops), which cut in at once.
+   For every change::
 
        lag = audible_at - change_at
 
@@ -142,7 +143,7 @@ class Latency(msgspec.Struct, kw_only=True):
     sharp: Percentiles | None = None
     """Lags of the sharp changes (combat starts or ends, dimension, health drop)."""
     gradual: Percentiles | None = None
-    """Lags of the gradual changes (nightfall, rain, underground), window wait included."""
+    """Lags of the gradual changes (dusk, nightfall, rain, thunder, caves), window wait included."""
     gradual_after_close: Percentiles | None = None
     """Gradual changes: window close to audible (lead + wait for the bar line + crossfade/2)."""
     changes: list[ChangeLag] = msgspec.field(default_factory=list)
@@ -314,26 +315,45 @@ def _with(state: SceneState, **changes: object) -> SceneState:
 
 
 def script() -> list[tuple[str, str, SceneState]]:
-    """The scripted changes, in order: (kind, what changes, the state from then on)."""
+    """One round of scripted changes, in order: (kind, what changes, the state from then on)."""
     day = calm_state()
+    dusk = _with(day, time=TimeOfDay(ticks=12400))
     night = _with(day, time=TimeOfDay(ticks=18000))
     after = _with(night, scene=Scene(biome="plains"))
     rain = _with(after, weather=Weather(state="rain", intensity=0.7))
-    cave = _with(rain, position=Position(y=20.0, depth=40.0), scene=Scene(biome="dripstone_caves"))
+    thunder = _with(after, weather=Weather(state="thunder", intensity=1.0))
+    cave = _with(thunder, position=Position(y=20.0, depth=40.0), scene=Scene(biome="dripstone_caves"))
+    lush = _with(cave, scene=Scene(biome="lush_caves"))
     nether = _with(
-        cave, scene=Scene(biome="nether_wastes", dimension="the_nether"), temperature=2.0,
+        lush, scene=Scene(biome="nether_wastes", dimension="the_nether"), temperature=2.0,
         weather=Weather(state="clear"), position=Position(y=70.0),
     )  # fmt: skip
     hurt = _with(nether, health=Health(value=4.0, max=20.0))
     return [
+        ("gradual", "dusk", dusk),
         ("gradual", "night", night),
         ("sharp", "combat_start", combat_state()),
         ("sharp", "combat_end", after),
         ("gradual", "rain", rain),
+        ("gradual", "thunder", thunder),
         ("gradual", "underground", cave),
+        ("gradual", "lush_caves", lush),
         ("sharp", "dimension", nether),
         ("sharp", "health_drop", hurt),
     ]
+
+
+def steps(count: int | None) -> list[tuple[str, str, SceneState]]:
+    """``count`` changes (None: one round): rounds of :func:`script`, each after the first
+    beginning with the way back from the Nether to the calm day (a dimension change)."""
+    one = script()
+    count = len(one) if count is None else count
+    out: list[tuple[str, str, SceneState]] = []
+    while len(out) < count:
+        if out:
+            out.append(("sharp", "dimension", calm_state()))
+        out += one
+    return out[:count]
 
 
 class ScriptedChange(Source):
@@ -342,11 +362,9 @@ class ScriptedChange(Source):
 
     uri = "bench:scripted-changes"
 
-    def __init__(self, steps: int | None = None) -> None:
+    def __init__(self, count: int | None = None) -> None:
         super().__init__()
-        full = script()
-        count = len(full) if steps is None else steps
-        self.steps = [full[i % len(full)] for i in range(count)]
+        self.steps = steps(count)
         self.step = -1
         """Index of the step in force (-1: the calm start)."""
         self.change_at: float | None = None

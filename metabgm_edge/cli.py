@@ -530,7 +530,7 @@ def report(log_file: str, audio_path: str | None, out: str | None, session: int 
 @click.option(
     "--changes",
     type=click.IntRange(1, 100),
-    help="How many scripted changes the real-time run goes through [7: 3 gradual, 4 sharp].",
+    help="How many scripted changes the real-time run goes through [10: 6 gradual, 4 sharp].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON to this file.")

@@ -84,20 +84,20 @@ def test_bench_measures_scene_change_to_audible(bench_json: tuple[dict, Path, st
     assert lat["error"] is None, lat["error"]
     assert "audible_at - change_at" in lat["definition"]
     kinds = [(c["change"], c["kind"]) for c in lat["changes"]]
-    assert kinds == [("night", "gradual"), ("combat_start", "sharp"), ("combat_end", "sharp")]
+    assert kinds == [("dusk", "gradual"), ("night", "gradual"), ("combat_start", "sharp")]
     for c in lat["changes"]:
         assert c["lag"] == pytest.approx(c["audible_at"] - c["change_at"])
         assert c["after_close"] == pytest.approx(c["audible_at"] - c["closed_at"])
         assert c["closed_at"] >= c["change_at"] - 1e-9  # heard only after its window closed
         assert c["audible_at"] > c["closed_at"]
         assert 0 < c["after_close"] < 8  # sanity only; the targets are bench's figures, not unit tests
-    night = lat["changes"][0]
-    assert night["trigger"] == "interval" and night["join"] == "append"
-    for sharp in lat["changes"][1:]:
+    for gradual in lat["changes"][:2]:
+        assert gradual["trigger"] == "interval" and gradual["join"] == "append"
+    for sharp in lat["changes"][2:]:
         assert sharp["trigger"] == sharp["change"] and sharp["join"] == "transition"
         assert sharp["closed_at"] - sharp["change_at"] <= lat["sample_period"] + 0.3  # cut at once
-    assert lat["sharp"]["n"] == 2 and lat["gradual"]["n"] == 1 and lat["gradual_after_close"]["n"] == 1
-    assert lat["seconds"] == pytest.approx(lat["changes"][1]["lag"])
+    assert lat["sharp"]["n"] == 1 and lat["gradual"]["n"] == 2 and lat["gradual_after_close"]["n"] == 2
+    assert lat["seconds"] == pytest.approx(lat["changes"][2]["lag"])
     assert lat["sink"] == "null"
     assert lat["starvations"] == 0  # the music never ran dry in the real-time run
     assert isinstance(lat["underruns"], int) and lat["underruns"] >= 0
@@ -139,10 +139,14 @@ def test_the_scripted_change_is_placed_between_samples_where_it_can_cut_in() -> 
     assert not in_combat(src.sample(100.0))  # no change scheduled: calm
     src.schedule(105.5)
     assert src.sample(105.4).time.resolved_phase() == "day"
-    assert src.sample(105.5).time.resolved_phase() == "night"  # the first step: nightfall
+    assert src.sample(105.5).time.resolved_phase() == "dusk"  # the first step: dusk
+    src.schedule(107.5)
+    assert src.sample(107.5).time.resolved_phase() == "night"  # then nightfall
     src.schedule(110.5)
     assert not in_combat(src.sample(110.4))
-    assert in_combat(src.sample(110.5))  # the second: combat
+    assert in_combat(src.sample(110.5))  # then combat
+    again = ScriptedChange(12).steps
+    assert [name for _, name, _ in again[9:12]] == ["health_drop", "dimension", "dusk"]  # back, a new round
 
 
 # -- pytest-benchmark ------------------------------------------------------------------------------

@@ -142,7 +142,10 @@ class NetSource(LiveSource):
         if started:
             self._stop()
             super().close()
-            log.info("closed %s: %s", self.uri, self.stats())
+            st = self.stats()
+            reasons = ", ".join(f"{k} {n}" for k, n in sorted(st.reasons.items()))
+            log.info("closed %s: %d messages received, %d accepted, %d rejected%s", self.uri, st.received,
+                     st.accepted, st.rejected, f" ({reasons})" if reasons else "")  # fmt: skip
 
     def _start(self) -> None:
         raise NotImplementedError
