@@ -501,7 +501,7 @@ class Session:
             if not opts.fast and need is not None:
                 self._needs.append(need)
                 del self._needs[:-LEAD_HISTORY]
-            if seconds > 0:
+            if not opts.fast and seconds > 0:  # (fast mode: a fixed head, reproducible)
                 self._rates.append((time.monotonic() - t_audio) / seconds)
                 del self._rates[:-LEAD_HISTORY]
         heard_at = audible_at = None
