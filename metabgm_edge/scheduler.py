@@ -120,6 +120,10 @@ class DeadlineMissed(Exception):
     pass
 
 
+class _Closing(Exception):
+    """The session ended while a segment was being made."""
+
+
 class Guard:
     """Calls one backend on a worker thread with a timeout.
 
@@ -193,6 +197,8 @@ class Session:
         self._audio_failures = 0
         self._anchor: Any = None
         self._stop = threading.Event()
+        self._closing = threading.Event()
+        """Set when a real-time session ends: the music fades out now and nothing more is queued."""
         self._late = threading.Event()
         """Set by the watchdog when it had to extend the music: the next segment cuts in."""
         self._log_file: IO[str] | None = None
@@ -291,6 +297,9 @@ class Session:
                 with lock:
                     if cancel.is_set():
                         return
+                    if self._closing.is_set():  # the session is ending: nothing more is queued
+                        got["closed"] = True
+                        return
                     # How early the music could have started for this chunk to be in time.
                     need = time.monotonic() - closed_mono - got["frames"] / sr
                     got["need"] = max(got["need"], need)
@@ -315,7 +324,13 @@ class Session:
             # Late text leaves the audio at least a quarter of the budget: late music beats none.
             timeout = max(deadline - time.monotonic(), 0.25 * opts.budget)
             self._audio_guard.call(work, timeout)
+            if got.get("closed"):
+                if got["seg"] is not None:
+                    got["seg"].end()
+                return None
         except Exception as exc:
+            if self._closing.is_set():
+                return None
             with lock:
                 cancel.set()
                 seg = got["seg"]
@@ -413,7 +428,7 @@ class Session:
         point = next_join_point(self._anchor, max(0.0, target - ends))
         if point is None:  # no bar grid (MusicGen): only a lead that grew needs more music
             point = target - ends if target - ends > 0.25 else 0.0
-        if point < 0.02 or self.mixer.streaming:
+        if point < 0.02 or self.mixer.streaming or self._closing.is_set():
             return 0.0
         seconds = min(point, 2 * self.options.interval)
         request = self._request(description, seconds, seed)
@@ -435,6 +450,8 @@ class Session:
         frames = 0
         try:
             for chunk in self.audio.stream(request):
+                if self._closing.is_set():
+                    return
                 audio = np.asarray(chunk.audio, dtype=np.float32)
                 if audio.ndim != 2 or audio.shape[1] != self.audio.channels:
                     raise ValueError(f"a chunk of shape {audio.shape}")
@@ -484,6 +501,8 @@ class Session:
         request = self._request(result.description, seconds, seed, first_chunk)
         hard = t0 + opts.budget
         rendered = self._render(request, fallbacks, hard, join=mixer_join, closed_mono=closed_mono, now=now)
+        if self._closing.is_set():
+            raise _Closing  # the session ended while this segment was on its way: it is not heard
         if rendered is None:
             join = "extend"
             queued_at, start_frame, late_join, need = now(), None, False, None
@@ -732,13 +751,18 @@ class Session:
             log.info("stopped by Ctrl-C")
         finally:
             self._stop.set()
+            self._closing.set()  # the segment on its way is not queued any more: stop now, not later
             self.acquisition.stop()
-            pipeline.join(timeout=2 * opts.budget)
-            if started:
+            wait = time.monotonic() + 2.0
+            while self.mixer.streaming and time.monotonic() < wait:
+                time.sleep(0.005)
+            if started and not self.mixer.streaming:
                 # End with a fade: crossfade whatever plays into silence and drop the rest.
                 fade = round(opts.crossfade * sr)
                 self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
+            if started:
                 feeder.finish(timeout=2.0)
+            pipeline.join(timeout=2 * opts.budget)
             feeder.stop()
             if self._anchor is not None:  # `render --continue-from` the recording continues the music
                 sink.set_metadata(anchor_to_metadata(self._anchor))
@@ -764,6 +788,8 @@ class Session:
                 if seg is None or self._stop.is_set():
                     break
                 self._record(self._process(seg, self.clock.now))
+        except _Closing:
+            pass
         except Exception:
             log.exception("the pipeline failed; the session stops")
 
