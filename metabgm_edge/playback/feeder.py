@@ -54,7 +54,7 @@ class Feeder:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.frames = 0
-        mixer.set_retractor(self.retract, history_frames=ring.capacity + block_frames)
+        mixer.set_retractor(self.retract, history_frames=ring.capacity + block_frames, refill=self._refill)
 
     @property
     def heard_frame(self) -> int:
@@ -75,6 +75,16 @@ class Feeder:
             return read
         got = self.ring.retract(want, guard=self.guard_frames)
         return read - got
+
+    def _refill(self) -> None:
+        """Top the ring up from the mixer now (called by the mixer, its lock held, after a join
+        took audio back): the new music is in the ring before this call returns."""
+        room = self.target_frames - self.ring.available_frames
+        n = min(room, self.mixer._readable_locked())
+        if n > 0:
+            chunk = self.mixer._read_locked(n, starve=False)
+            self.ring.write(chunk)
+            self.frames += chunk.shape[0]
 
     def start(self) -> None:
         if self._thread is None:

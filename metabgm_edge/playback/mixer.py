@@ -106,6 +106,8 @@ class Mixer:
         self._history_frames = 0
         self._history_limit = max(1, round(history_s * sample_rate))
         self._retract: Retractor | None = None
+        self._refill: Callable[[], None] | None = None
+        self._took_back = False
         self._last: np.ndarray | None = None  # last segment (for extend_previous and context)
         self._last_tail = 0
         self._silent = True  # nothing audible is playing (start, or after a starvation fade-out)
@@ -128,10 +130,19 @@ class Mixer:
             audio = np.nan_to_num(audio, nan=0.0, posinf=0.0, neginf=0.0)
         return audio
 
-    def set_retractor(self, retract: Retractor | None, history_frames: int | None = None) -> None:
-        """Let joins take back frames read ahead but not heard yet (see the module docstring)."""
+    def set_retractor(
+        self,
+        retract: Retractor | None,
+        history_frames: int | None = None,
+        refill: Callable[[], None] | None = None,
+    ) -> None:
+        """Let joins take back frames read ahead but not heard yet (see the module docstring).
+        ``refill`` (called with the lock held, after a join that took frames back) puts the new
+        music where they were at once, so the reader's buffer is never left at its guard waiting
+        for the reader's thread to be scheduled on a busy machine."""
         with self._lock:
             self._retract = retract
+            self._refill = refill
             if history_frames is not None:
                 self._history_limit = max(self._history_limit, int(history_frames))
 
@@ -330,6 +341,7 @@ class Mixer:
             return
         if back_at < self._read:
             self._rewind_locked(max(back_at, want))
+            self._took_back = True
 
     def _join_locked(self, seg: StreamedSegment, pending: np.ndarray, final: bool) -> int:
         """Join ``seg``'s head (the first frames of ``pending``) to what plays. Returns the frames
@@ -593,3 +605,9 @@ class StreamedSegment:
                 m._silent = False
             m._push(pending)
         self._pending = m._empty()
+        if m._took_back and m._refill is not None and self.started:
+            m._took_back = False
+            try:
+                m._refill()
+            except Exception as exc:  # the reader's own thread refills soon anyway
+                log.warning("refilling after a join failed: %s", exc)
