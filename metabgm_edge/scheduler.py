@@ -762,13 +762,13 @@ class Session:
                 self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
             if started:
                 feeder.finish(timeout=2.0)
-            pipeline.join(timeout=2 * opts.budget)
             feeder.stop()
             if self._anchor is not None:  # `render --continue-from` the recording continues the music
                 sink.set_metadata(anchor_to_metadata(self._anchor))
-            sink.stop(drain=started, timeout=2.0)
+            sink.stop(drain=started, timeout=2.0)  # before waiting for the pipeline: nothing plays on
             if not started and self.out is not None:
                 open_wav_writer(self.out, sr, self.audio.channels).close()  # a valid, empty WAV all the same
+            pipeline.join(timeout=2 * opts.budget)  # (it queues nothing more: the log gets its last line)
             st = sink.stats()
             self.stats.underruns = st.ring_underruns
             self.stats.device_underflows = getattr(st, "underflows", 0)
