@@ -400,6 +400,7 @@ def test_ws_caps_concurrent_connections_and_recovers(ws: WebSocketSource) -> Non
         assert ws.stats().reasons == {"too_many_connections": 20}
         for conn in admitted:
             conn.send(valid(3).decode())
+        wait_for(lambda: ws.stats().accepted == 4)  # (each connection has its own thread)
         admitted[0].close()
         wait_for(lambda: ws.connections == 3)
         with client(ws) as late:

@@ -93,6 +93,7 @@ class Feeder:
 
     def _run(self) -> None:
         sleep = self.block_frames / self.mixer.sample_rate / 2
+        topping = False
         try:
             while not self._stop.is_set():
                 fill = self.ring.available_frames
@@ -102,7 +103,13 @@ class Feeder:
                     continue
                 n = min(room, self.block_frames)
                 finishing = self._finish.is_set()
-                starve = self.realtime and not finishing and fill < self.low_water_frames
+                # Below the low-water mark the mixer is read through its starvation (a fade, then
+                # silence) until the ring is full again: the device always has the ring's depth.
+                if fill < self.low_water_frames:
+                    topping = True
+                elif room < self.block_frames:
+                    topping = False
+                starve = self.realtime and not finishing and topping
                 got = self.mixer.pull(n, self.ring.write, starve=starve)
                 if got == 0:
                     if finishing:
