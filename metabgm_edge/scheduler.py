@@ -42,6 +42,8 @@ from metabgm_edge.acquisition import Acquisition, FastClock, RealClock
 from metabgm_edge.audio import CONTEXT_SECONDS, AudioBackend, AudioRequest, anchor_to_metadata
 from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 from metabgm_edge.playback.mixer import Join, Mixer
+from metabgm_edge.playback.ringbuffer import RingBuffer
+from metabgm_edge.playback.sinks import Sink
 from metabgm_edge.playback.wav import WavWriter
 from metabgm_edge.session_log import SegmentRecord, SessionStats
 from metabgm_edge.sources import Source
@@ -80,6 +82,9 @@ class PlayOptions(msgspec.Struct, kw_only=True):
     """When the audio backend renders slower than real time here (MusicGen on a CPU): ``synth`` lets
     the embedded synthesizer play; ``queue`` plays each segment whole once it is ready, later than its
     scene, the music before it repeated meanwhile."""
+    retry_audio_after: float | None = None
+    """Seconds after ``audio.replaced`` when the replaced backend gets another try (``audio.restored``);
+    None: never (``play``). A server whose model replicas restart after a crash sets it."""
 
     @property
     def budget(self) -> float:
@@ -140,6 +145,7 @@ class Session:
         use_device: bool = True,
         device: int | str | None = None,
         fallback_audio: AudioBackend | None = None,
+        sink_factory: Callable[[RingBuffer, int], Sink] | None = None,
     ) -> None:
         from metabgm_edge.text.composer import Composer
 
@@ -150,6 +156,14 @@ class Session:
         self.fallback_audio = fallback_audio
         """The backend that takes over after repeated failures (None: a fresh embedded synthesizer)."""
         self._replaced = False
+        self._primary_audio = audio
+        self._replaced_at = 0.0
+        self.sink_factory = sink_factory
+        """Where a real-time session's ring goes (None: the device, or a file without one); ``serve``
+        streams it to the player over the network. Called with the ring and the sample rate."""
+        self.last_start_frame: int | None = None
+        """Where the last segment's music begins in the output, in frames since the session started
+        (read from :attr:`on_segment`: a stream tells its listener what plays when)."""
         self._whole_segments = False
         """Slow backend, ``if_slow=queue``: segments enter the mixer whole, once ready."""
         self.profile = profile
@@ -314,6 +328,7 @@ class Session:
             missing = seconds - max(0, got["frames"] - tail_frames) / sr
             if missing > 0:
                 self.mixer.extend_previous(missing)
+            self.last_start_frame = seg.start_frame if seg is not None else self.mixer.last_join_frame
             if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and not self._replaced:
                 if self.fallback_audio is None:
                     from metabgm_edge.audio import open_audio_backend
@@ -322,12 +337,14 @@ class Session:
                 log.error("%s failed %d times in a row: %s takes over for the rest of the session",
                           backend.name, self._audio_failures, self.fallback_audio.name)  # fmt: skip
                 self._replaced = True
+                self._replaced_at = time.monotonic()
                 self.audio = self.fallback_audio
                 self._audio_guard = Guard("audio")
                 fallbacks.append("audio.replaced")
                 self._fallbacks["audio.replaced"] += 1
             return got["queued_at"], got["first"]
         got["seg"].end()
+        self.last_start_frame = got["seg"].start_frame
         self._audio_failures = 0
         self._anchor = got["anchor"]
         return got["queued_at"], got["first"]
@@ -336,6 +353,14 @@ class Session:
         opts = self.options
         t0 = time.monotonic()
         fallbacks: list[str] = []
+        retry = opts.retry_audio_after
+        if self._replaced and retry is not None and t0 - self._replaced_at >= retry:
+            primary = self._primary_audio
+            log.info("%s gets another try after %.0f s on %s", primary.name, retry, self.audio.name)
+            self.audio, self._replaced, self._audio_failures = primary, False, 0
+            self._audio_guard = Guard("audio")
+            fallbacks.append("audio.restored")
+            self._fallbacks["audio.restored"] += 1
         result = self._describe(seg, fallbacks, t0)
         sharp = seg.trigger in SHARP or seg.trigger == "start"
         seconds = opts.interval + (opts.budget if sharp else 0.0)
@@ -521,7 +546,6 @@ class Session:
 
     def _run_real_time(self) -> None:
         from metabgm_edge.playback.feeder import Feeder
-        from metabgm_edge.playback.ringbuffer import RingBuffer
         from metabgm_edge.playback.sinks import open_sink
 
         opts = self.options
@@ -531,8 +555,11 @@ class Session:
         sr = self.audio.sample_rate
         self.acquisition.start()  # first: a source that cannot start opens no device or file
         ring = RingBuffer(max(4 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
-        sink = open_sink(ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device,
-                         device=self.device, paced=True)  # fmt: skip
+        if self.sink_factory is not None:
+            sink = self.sink_factory(ring, sr)
+        else:
+            sink = open_sink(ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device,
+                             device=self.device, paced=True)  # fmt: skip
         feeder = Feeder(self.mixer, ring, target_seconds=opts.buffer_seconds, realtime=True)
         self.stats.sink = getattr(sink, "kind", type(sink).__name__)
         pipeline = threading.Thread(target=self._pipeline, name="metabgm-pipeline", daemon=True)

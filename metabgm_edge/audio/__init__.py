@@ -34,7 +34,9 @@ from metabgm_edge.audio.interface import (
     anchor_from_metadata,
     anchor_to_metadata,
     continue_from,
+    interleave,
     render,
+    single,
 )
 from metabgm_edge.errors import NO_ONNXRUNTIME, BackendError
 
@@ -49,8 +51,10 @@ __all__ = [
     "anchor_from_metadata",
     "anchor_to_metadata",
     "continue_from",
+    "interleave",
     "open_audio_backend",
     "render",
+    "single",
 ]
 
 

@@ -73,6 +73,10 @@ class Mixer:
         self._starving = False
         self._open: StreamedSegment | None = None  # a streamed segment still arriving
         self._closed = False
+        self.frames_read = 0
+        """Frames handed out by :meth:`read` since the start (the output's clock)."""
+        self.last_join_frame = 0
+        """The output frame (counted like :attr:`frames_read`) at which the last join's head begins."""
 
     def _empty(self) -> np.ndarray:
         return np.zeros((0, self.channels), dtype=np.float32)
@@ -196,6 +200,8 @@ class Mixer:
     def _join_locked(self, join: Join, head: np.ndarray) -> None:
         """Queue ``head`` (the first frames of a new segment) joined to what plays."""
         k = head.shape[0]
+        # A transition starts where the output is now; any other join after what is queued.
+        self.last_join_frame = self.frames_read + (0 if join == "transition" else self._queued)
         if join == "transition":
             current = self._take_locked(k, consume=True)  # what would have played next
             if current.shape[0] < k and self._held.shape[0] > 0:  # then the held tail
@@ -290,6 +296,7 @@ class Mixer:
         silence; that counts as one starvation.
         """
         with self._lock:
+            self.frames_read += frames
             out = self._take_locked(frames, consume=True)
             if out.shape[0] == frames:
                 return out
@@ -354,6 +361,8 @@ class StreamedSegment:
         """Frames added so far."""
         self.started = False
         """True once the head is queued (the new music is entering the output)."""
+        self.start_frame: int | None = None
+        """The output frame (:attr:`Mixer.frames_read`'s clock) at which its head begins, once started."""
         self._pending = mixer._empty()
         self._parts: list[np.ndarray] = []
         self._done = False
@@ -402,6 +411,7 @@ class StreamedSegment:
             m._join_locked(self.join, pending[:k])
             pending = pending[k:]
             self.started = True
+            self.start_frame = m.last_join_frame
         body = pending.shape[0] - tail
         if body > 0:
             chunk = pending[:body]

@@ -204,6 +204,8 @@ class LiveSource(Source):
         self._channels: dict[str, _Channel] = {}
         self._forgotten = 0
         self._ignored_said = False
+        self.serving_many = False
+        """Set by a host of many sessions: every player is served, none is "followed"."""
 
     def sample(self, now: float) -> SceneState | None:
         with self._lock:
@@ -333,7 +335,7 @@ class LiveSource(Source):
                 self._latest = state
                 self._latest_at = now
                 self._history.append((now, state))
-            elif not self._ignored_said:
+            elif not self._ignored_said and not self.serving_many:
                 self._ignored_said = True
                 ignored = self._followed
         if ignored is not None:
