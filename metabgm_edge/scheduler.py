@@ -326,9 +326,11 @@ class Session:
             self._fallbacks[reason] += 1
             self._audio_failures += 1
             missing = seconds - max(0, got["frames"] - tail_frames) / sr
+            # Where this segment's time begins: its own head if it started, else the extension.
+            extended_at = self.mixer.frames_read + self.mixer.queued_frames
             if missing > 0:
                 self.mixer.extend_previous(missing)
-            self.last_start_frame = seg.start_frame if seg is not None else self.mixer.last_join_frame
+            self.last_start_frame = seg.start_frame if seg is not None and seg.started else extended_at
             if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and not self._replaced:
                 if self.fallback_audio is None:
                     from metabgm_edge.audio import open_audio_backend

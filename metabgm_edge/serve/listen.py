@@ -129,6 +129,8 @@ class ListenClient:
         self._expected: int | None = None
         self._sink: Sink | None = None
         self._heard_index = 0
+        self._last_index = -1
+        """The session's index of the last segment announced (a reconnect repeats the current one)."""
         self.fatal: str | None = None
 
     # -- running --------------------------------------------------------------------------------
@@ -262,6 +264,10 @@ class ListenClient:
                         info.get("sample_rate"),
                     )
                 elif kind == "segment":
+                    index = info.get("index")
+                    if isinstance(index, int) and index <= self._last_index:
+                        continue  # announced before a reconnect: said once
+                    self._last_index = index if isinstance(index, int) else self._last_index
                     with self._lock:
                         self._marks.append((int(info.get("frame", 0)), info))
                 elif kind == "end":

@@ -289,7 +289,9 @@ class PlayerStream:
             start = self._history[0][0] if self._history else self.position
             for position, block in self._history:
                 sub.offer("audio", position, block)
-            for frame, info in self._marks:  # the segment playing now, and any still to come
+            marks = list(self._marks)
+            playing = [i for i, (frame, _) in enumerate(marks) if frame <= start]
+            for frame, info in marks[playing[-1] if playing else 0 :]:  # the one playing now, those to come
                 sub.offer("mark", frame, info)
             self._subscribers.add(sub)
             self.connections_total += 1
