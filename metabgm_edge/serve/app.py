@@ -1,12 +1,15 @@
 """The Ray Serve application of ``metabgm-edge serve``: three deployments.
 
 - ``Text``: the text stages' backend (the composer rules or an LLM bundle), shared by all
-  players. With a backend that gains from batching (``TextBackend.batches``: an LLM) concurrent
-  requests from several players are gathered by ``@serve.batch`` and decoded as one batch
-  (``generate_batch``); the composer answers each request at once.
-- ``Audio``: the audio backend (the synthesizer or a MusicGen bundle), shared the same way; a
-  batching backend's ``stream_batch`` runs the gathered segments together and each player's
-  chunks stream back as they come (a streaming batch: one entry per request per step).
+  players. Concurrent requests from several players are gathered by ``@serve.batch`` and handed
+  to the backend's ``generate_batch`` as one call: an LLM (``TextBackend.batches``) decodes them
+  as one batch; the composer answers them one after another (nothing to gain, nothing lost).
+- ``Audio``: the audio backend (the synthesizer or a MusicGen bundle), shared the same way: the
+  gathered segments go to ``stream_batch`` (a batching backend runs them together; the others
+  interleave their streams), and each player's chunks stream back as they come.
+
+``max_batch_size: 1`` in a deployment's ``user_config`` turns batching off (each request is one
+call). Every replica counts its calls by size (``info()["batch_sizes"]``; ``serve`` prints them).
 - ``Players``: the ingress. It owns the live source all games send to, one session per player
   (:class:`~metabgm_edge.serve.host.PlayerHost`), and the WebSocket server the players listen on;
   the sessions call ``Text`` and ``Audio`` through their handles.
@@ -91,6 +94,7 @@ class TextDeployment(_Batching):
             "batches": bool(self.backend.batches),
             "max_batch_size": self.max_batch_size,
             "pid": os.getpid(),
+            "in_flight": self._in_flight,
             "batch_sizes": list(self.batch_log[-1000:]),
         }
 
@@ -104,7 +108,7 @@ class TextDeployment(_Batching):
         self._in_flight += 1
         self._in_flight_gauge.set(self._in_flight)
         try:
-            if self.backend.batches and self.max_batch_size > 1:
+            if self.max_batch_size > 1:
                 return await self._batched(request)
             return (await asyncio.to_thread(self._call, [request]))[0]
         finally:
@@ -130,6 +134,10 @@ class AudioDeployment(_Batching):
         self._sizes = Histogram("metabgm_batch_size", description="Requests per backend call",
                                 boundaries=BATCH_BUCKETS, tag_keys=("backend",))  # fmt: skip
         self._sizes.set_default_tags({"backend": "audio"})
+        self._in_flight = 0
+        self._in_flight_gauge = Gauge("metabgm_in_flight", description="Requests inside the replica",
+                                      tag_keys=("backend",))  # fmt: skip
+        self._in_flight_gauge.set_default_tags({"backend": "audio"})
         self.batch_log: list[int] = []
         log.info("Audio replica: %s, %.1fx real time (batches: %s)", self.backend.name, self._speed,
                  self.backend.batches)  # fmt: skip
@@ -148,11 +156,25 @@ class AudioDeployment(_Batching):
             "max_batch_size": self.max_batch_size,
             "realtime_factor": self._speed,
             "pid": os.getpid(),
+            "in_flight": self._in_flight,
             "batch_sizes": list(self.batch_log[-1000:]),
         }
 
+    def anchor_from_bytes(self, data: bytes) -> Any:
+        return self.backend.anchor_from_bytes(data)
+
     async def stream(self, request: AudioRequest) -> AsyncIterator[AudioChunk]:
-        if self.backend.batches and self.max_batch_size > 1:
+        self._in_flight += 1
+        self._in_flight_gauge.set(self._in_flight)
+        try:
+            async for chunk in self._stream(request):
+                yield chunk
+        finally:
+            self._in_flight -= 1
+            self._in_flight_gauge.set(self._in_flight)
+
+    async def _stream(self, request: AudioRequest) -> AsyncIterator[AudioChunk]:
+        if self.max_batch_size > 1:
             async for chunk in self._batched(request):
                 if chunk is not None:
                     yield chunk
@@ -255,6 +277,7 @@ class PlayersDeployment:
             return {"error": self.error or "not started"}
         status = msgspec.to_builtins(self.host.status())
         status["audio_url"] = self.host.server.url("PLAYER")
+        status["forget_s"] = float(getattr(self.host.source, "forget_after", 0.0) or 0.0)
         status["tokens"] = {p["player"]: self.host.server.token(p["player"]) for p in status["players"]}
         return status
 

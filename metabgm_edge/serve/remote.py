@@ -48,6 +48,7 @@ class RemoteAudio:
 
     def __init__(self, handle: Any, info: dict[str, Any]) -> None:
         self._handle = handle.options(stream=True)
+        self._unary = handle
         self.info = info
         self.name = f"{info['name']} (Ray Serve)"
         self.kind = str(info["kind"])
@@ -72,10 +73,6 @@ class RemoteAudio:
         return float(self.info["realtime_factor"])
 
     def anchor_from_bytes(self, data: bytes) -> Anchor:
-        if self.kind == "synth":
-            from metabgm_edge.audio.procedural.synth import SynthAnchor
-
-            return SynthAnchor.from_bytes(data)
-        from metabgm_edge.audio.musicgen import MusicGenAnchor
-
-        return MusicGenAnchor.from_bytes(data)
+        """Decoded by the replica's own backend (this process knows no backend's anchor type)."""
+        anchor: Anchor = self._unary.anchor_from_bytes.remote(data).result(timeout_s=CALL_TIMEOUT_S)
+        return anchor

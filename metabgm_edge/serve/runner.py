@@ -186,11 +186,15 @@ def watch(handle: Any, *, every: float = 10.0, duration: float | None = None,
         if "error" in st:
             raise ServeError(f"the Players deployment failed: {st['error']}")
         url = st["audio_url"].rsplit("/", 1)[0]
+        present = {p["player"] for p in st["players"]}
         for p in st["players"]:
             if p["player"] not in announced:
                 announced.add(p["player"])
                 echo(f"player {p['player']} joined: metabgm-edge listen {url}/{p['player']} "
                      f"--token {st['tokens'][p['player']]}")  # fmt: skip
+        for player in sorted(announced - present):
+            announced.discard(player)
+            echo(f"player {player} left (not heard from for {st.get('forget_s', 0):.0f} s): session ended")
         now = time.monotonic()
         if now - last >= every:
             last = now
@@ -198,4 +202,28 @@ def watch(handle: Any, *, every: float = 10.0, duration: float | None = None,
                  f"deadline misses, {st['audio_connections']} listening, {st['forgotten']} left")  # fmt: skip
             for p in st["players"]:
                 echo("   " + status_line(msgspec.convert(p, PlayerStatus)))
+            try:
+                echo("   " + backends_line(handle.backends.remote().result(timeout_s=30.0)))
+            except Exception as exc:  # a replica restarting
+                echo(f"   backends unavailable ({type(exc).__name__}); Ray restarts a failed replica")
         time.sleep(1.0)
+
+
+def batch_summary(sizes: list[int]) -> str:
+    """``12 calls (3 batched), sizes 1x9 2x3``: a replica's calls by batch size."""
+    counts: dict[int, int] = {}
+    for n in sizes:
+        counts[n] = counts.get(n, 0) + 1
+    batched = sum(c for n, c in counts.items() if n > 1)
+    by_size = " ".join(f"{n}x{c}" for n, c in sorted(counts.items())) or "-"
+    return f"{len(sizes)} calls ({batched} batched), sizes {by_size}"
+
+
+def backends_line(info: dict[str, Any]) -> str:
+    """One line for the shared deployments: each replica's backend, its calls by batch size."""
+    parts = []
+    for role in ("text", "audio"):
+        i = info[role]
+        where = f"{role} {i['name']} (max batch {i['max_batch_size']}, in flight {i.get('in_flight', 0)})"
+        parts.append(f"{where}: {batch_summary(i['batch_sizes'])}")
+    return "; ".join(parts)
