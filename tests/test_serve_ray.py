@@ -212,16 +212,16 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
             assert not [r for r in quiet if r[1] > 0.5], (player, quiet)
     assert {"audio.error", "audio.deadline"} & set(fallbacks_seen), (fallbacks_seen, log[-3000:])
     # The audio itself is each player's music: its pitch classes fit the key its own descriptions name
-    # better than the key of another player's.
+    # better than the key of every other player's (C minor and G minor are close: a 0.05 margin).
     keys = {p: {serve_helpers.described_key(d) for d in ds} for p, ds in descriptions.items()}
     assert all(len(k) == 1 and None not in k for k in keys.values()), keys
-    assert keys["alice"] != keys["bob"], keys
-    for me, other in (("alice", "bob"), ("bob", "alice")):
+    assert len({next(iter(k)) for k in keys.values()}) == 3, keys
+    for me in keys:
         audio, _ = read_wav(tmp_path / f"{me}.wav")
         got = serve_helpers.chroma(audio[SR:])
-        mine = serve_helpers.similarity(got, serve_helpers.key_profile(next(iter(keys[me]))))
-        theirs = serve_helpers.similarity(got, serve_helpers.key_profile(next(iter(keys[other]))))
-        assert mine > theirs + 0.1, (me, mine, theirs)
+        profiles = {p: serve_helpers.key_profile(next(iter(k))) for p, k in keys.items()}
+        fit = {p: serve_helpers.similarity(got, profile) for p, profile in profiles.items()}
+        assert all(fit[me] > fit[p] + 0.05 for p in fit if p != me), (me, fit)
 
     # The operator: the shared deployments batched several players' requests into one call.
     calls = [m.groupdict() for line in out.lines if (m := BACKENDS.search(line))]
