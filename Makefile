@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PLAY_ARGS ?=
 
-.PHONY: play test lint bench bench-llm bench-musicgen clean
+.PHONY: play test lint bench bench-llm bench-musicgen bench-serve clean
 
 play: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge play $(PLAY_ARGS)
@@ -34,6 +34,11 @@ bench-llm: $(VENV)/.stamp-test
 # transformers eager vs this runtime (fp32/int8/int4) at musicgen-small size, random weights.
 bench-musicgen: $(VENV)/.stamp-test
 	$(BIN)/python benchmarks/musicgen_bench.py --rounds 2
+
+# serve with N players (a local Ray, serve, simulated players, listen clients), batching on and off:
+# composer + synth, then the SmolLM2 int8 bundle when engines/ has it.
+bench-serve: $(VENV)/.stamp-test
+	nice -n 10 $(BIN)/python benchmarks/serve_bench.py --json out/serve-bench.json
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
