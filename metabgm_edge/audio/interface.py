@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE: Final = 32000
 CHANNELS: Final = 2
+SPEED_MARGIN: Final = 1.25
+"""A backend keeps up with real time when it renders at least this many seconds of audio per
+second of work (the margin leaves room for the text stages and a busy machine)."""
 CONTEXT_SECONDS: Final = 4.0
 """Seconds of the playing music handed to a backend with each request (``AudioRequest.context``)."""
 

@@ -201,6 +201,7 @@ def make_section(model: Any, recipe: Recipe, static: bool) -> bundle.MusicGenSec
         max_positions=int(dec.max_position_embeddings),
         kv_dtype="float16" if recipe.quant == "fp16" else "float32",
         static_cache_length=mg.static_cache_length if static else None,
+        max_text_tokens=mg.max_text_tokens,
         codec_hop=int(audio.hop_length),
         defaults=defaults,
     )
@@ -258,16 +259,17 @@ def export_graphs(
                **{n: {0: "batch", 2: "past"} for n in past}, **per_layer_cross,
                **{n: {0: "batch", 2: "total"} for n in present}}),
     ]  # fmt: skip
-    if static:
-        length = recipe.musicgen.static_cache_length
-        plans.append(
-            _Plan("decoder_static", g.StaticDecoder(model),
-                  (ids, torch.tensor([p], dtype=torch.int64), mask,
-                   *[torch.randn(b, heads, length, head_dim) for _ in cache], *cross_values),
-                  ["input_ids", "position", "encoder_attention_mask", *cache, *cross], ["logits", *cache_out],
-                  {"input_ids": {0: "rows", 1: "new"}, "encoder_attention_mask": text, "logits": {0: "batch"},
-                   **{n: {0: "batch"} for n in (*cache, *cache_out)}, **per_layer_cross})
-        )  # fmt: skip
+    if static:  # every shape fixed: guidance batch 2, one column, the padded description
+        length, tmax = recipe.musicgen.static_cache_length, recipe.musicgen.max_text_tokens
+        args = (
+            torch.full((b * dec.num_codebooks, 1), 3, dtype=torch.int64),
+            torch.tensor([p], dtype=torch.int64),
+            torch.ones(b, tmax, dtype=torch.int64),
+            *[torch.randn(b, heads, length, head_dim) for _ in cache],
+            *[torch.randn(b, heads, tmax, head_dim) for _ in cross],
+        )
+        names = ["input_ids", "position", "encoder_attention_mask", *cache, *cross]
+        plans.append(_Plan("decoder_static", g.StaticDecoder(model), args, names, ["logits", *cache_out], {}))
     codes = torch.randint(0, dec.vocab_size, (1, per_channel, frames))
     plans += [
         _Plan("codec_decode", g.CodecDecode(model), (codes,),
@@ -323,29 +325,25 @@ def finish_graphs(
 def compile_decoder_engine(
     stage: Path, spec: bundle.Graph, section: bundle.MusicGenSection, recipe: Recipe
 ) -> bundle.Engine:
-    """The fixed-cache decoder as a TensorRT engine: one profile, guidance batch 2, one new column
-    per step (prefill runs on CUDA), descriptions of 1..max_text_tokens tokens."""
+    """The fixed-cache decoder as a TensorRT engine. Its shapes are all fixed (guidance batch 2, one
+    column per step, the description padded to ``max_text_tokens``): one profile, min = opt = max."""
     from metabgm_edge.export.tensorrt import compile_engine
 
-    rows = 2 * section.num_codebooks
     length = section.static_cache_length or recipe.musicgen.static_cache_length
-    cache = [2, section.num_heads, length, section.head_dim]
-    shapes: dict[str, dict[str, list[int]]] = {"min": {}, "opt": {}, "max": {}}
-    tokens = {"min": 1, "opt": 24, "max": recipe.musicgen.max_text_tokens}
-    for corner, table in shapes.items():
-        t = tokens[corner]
-        for name in spec.inputs:
-            if name == "input_ids":
-                table[name] = [rows, 1]
-            elif name == "position":
-                table[name] = [1]
-            elif name == "encoder_attention_mask":
-                table[name] = [2, t]
-            elif name.startswith("cache_"):
-                table[name] = cache
-            elif name.startswith("cross_"):
-                table[name] = [2, section.num_heads, t, section.head_dim]
-    profile = bundle.ShapeProfile(min=shapes["min"], opt=shapes["opt"], max=shapes["max"])
+    heads, head_dim, tmax = section.num_heads, section.head_dim, section.max_text_tokens
+    shapes: dict[str, list[int]] = {}
+    for name in spec.inputs:
+        if name == "input_ids":
+            shapes[name] = [2 * section.num_codebooks, 1]
+        elif name == "position":
+            shapes[name] = [1]
+        elif name == "encoder_attention_mask":
+            shapes[name] = [2, tmax]
+        elif name.startswith("cache_"):
+            shapes[name] = [2, heads, length, head_dim]
+        elif name.startswith("cross_"):
+            shapes[name] = [2, heads, tmax, head_dim]
+    profile = bundle.ShapeProfile(min=shapes, opt=shapes, max=shapes)
     return compile_engine(stage, "decoder_static", spec, recipe.tensorrt, "fp16", profile)
 
 

@@ -28,6 +28,14 @@ def input_dtype(session: ort.InferenceSession, name: str) -> type:
     raise KeyError(name)
 
 
+def output_dtype(session: ort.InferenceSession, name: str) -> type:
+    """The numpy type of a session's output ``name``."""
+    for value in session.get_outputs():
+        if value.name == name:
+            return _ORT_TYPES.get(value.type, np.float32)
+    raise KeyError(name)
+
+
 def empty(shape: Sequence[int], dtype: str | type, device: str) -> ort.OrtValue:
     """An uninitialised (or zero-sized) tensor on ``device`` (``cpu`` or ``cuda``)."""
     np_dtype = NP_DTYPE[dtype] if isinstance(dtype, str) else dtype

@@ -36,6 +36,9 @@ class StageRequest(Struct, kw_only=True, frozen=True):
     profile: Profile = DEFAULT_PROFILE
     seed: int = 0
     max_new_tokens: int = 96
+    timeout: float | None = None
+    """Seconds this call may take (the scheduler sets it from what is left of the text stages' share
+    of the deadline); None: no limit. Backends that can bound their own work (a server) use it."""
 
 
 @runtime_checkable
@@ -55,11 +58,16 @@ class TextBackend(Protocol):
 
 
 def open_text_backend(spec: str | None = None) -> TextBackend:
-    """``composer`` (default, embedded rules) or the path of an exported LLM bundle."""
+    """``composer`` (default, embedded rules), the path of an exported LLM bundle, or an
+    OpenAI-compatible server (``http://HOST:PORT/v1[?model=NAME]``, ``openai:MODEL``)."""
     if spec in (None, "", "composer"):
         from metabgm_edge.text.composer import Composer
 
         return Composer()
+    from metabgm_edge.text.openai_compat import OpenAIText, is_openai_spec
+
+    if is_openai_spec(spec):
+        return OpenAIText.from_spec(spec)
     path = Path(spec)
     if path.is_dir():
         try:
@@ -70,6 +78,7 @@ def open_text_backend(spec: str | None = None) -> TextBackend:
 
         return LLMText.load(path)
     raise BackendError(
-        f"unknown text backend {spec!r}: use 'composer' or the folder of a bundle made by "
-        "'metabgm-edge export llm' (for example engines/smollm2-135m-int8)"
+        f"unknown text backend {spec!r}: use 'composer', the folder of a bundle made by "
+        "'metabgm-edge export llm' (for example engines/smollm2-135m-int8), an OpenAI-compatible "
+        "server (http://127.0.0.1:8080/v1) or openai:MODEL"
     )

@@ -15,7 +15,8 @@ seed keeps the wording moving.
 
 The words a synthesizer reads are kept unambiguous: exactly one tempo word (slow, moderate, fast,
 driving) and one dynamics word (soft, gentle, loud, intense) per description, BPM as "72 BPM",
-the key as "D minor", and instrument names from :data:`.score.SYNTH_INSTRUMENTS`.
+the key as "D minor", and instrument names from :data:`metabgm_edge.music_words.WRITTEN_INSTRUMENTS`
+(the vocabulary the synthesizer reads).
 """
 
 from __future__ import annotations

@@ -21,31 +21,36 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from metabgm_edge import music_words as mw
 from metabgm_edge.listener_profile import Profile
 from metabgm_edge.text.scene_view import SceneView
 from metabgm_edge.text.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-# Words the procedural synthesizer reads as tempo or dynamics: never used as descriptors or moods,
-# so each description carries exactly one of each.
-TEMPO_WORDS = ("slow", "moderate", "fast", "driving")
-DYNAMICS_WORDS = ("soft", "gentle", "loud", "intense")
-_RESERVED = frozenset({*TEMPO_WORDS, *DYNAMICS_WORDS, "quiet", "rapid", "medium", "uptempo", "powerful"})
+# The words the composer writes for tempo and dynamics, and what they mean, are the shared
+# vocabulary's (metabgm_edge.music_words), the one the synthesizer reads. Every other word the
+# synthesizer reads as tempo or dynamics is never used as a descriptor or mood, so each
+# description carries exactly one of each.
+TEMPO_WORDS = mw.WRITTEN_TEMPO
+DYNAMICS_WORDS = mw.WRITTEN_DYNAMICS
+tempo_word = mw.tempo_word
+dynamics_word = mw.dynamics_word
+_RESERVED = frozenset(
+    {*TEMPO_WORDS, *DYNAMICS_WORDS, "quiet", "powerful", "medium"}
+    | {w for w, t in mw.TEMPO_WORDS.items() if " " not in w and not t.contextual}
+)
 
-SYNTH_INSTRUMENTS = (
-    "piano", "strings", "pad", "bass", "drums", "flute", "guitar",
-    "choir", "brass", "bells", "synth", "harp", "cello",
-)  # fmt: skip
+SYNTH_INSTRUMENTS = mw.WRITTEN_INSTRUMENTS
 # Descriptors that belong to loud, driving music.
 _HOT = frozenset({
     "punchy", "aggressive", "distorted", "heavy", "booming", "thumping",
     "buzzy", "fuzzy", "dissonant", "throbbing", "pulsating", "staccato",
 })  # fmt: skip
 # Descriptors a listener (and the synthesizer) hears as loud or as quiet: never set against the
-# description's dynamics word ("gentle ... booming drums").
-_LOUD = frozenset({"heavy", "booming", "punchy", "thumping", "throbbing", "distorted", "aggressive"})
-_QUIET = frozenset({"delicate", "subtle", "mellow", "light", "sparse"})
+# description's dynamics word ("gentle ... booming drums"). Their levels are the shared table's.
+_LOUD = frozenset(w for w, level in mw.DYNAMICS.items() if level >= 0.6 and " " not in w)
+_QUIET = frozenset(w for w, level in mw.DYNAMICS.items() if level <= 0.45 and " " not in w)
 MINOR_ROOTS = ("A", "D", "E", "B", "C", "G", "F")
 MAJOR_ROOTS = ("C", "G", "D", "F", "A", "E")
 # Descriptors for instruments the rules do not know (a listener's preferred "violin").
@@ -53,15 +58,7 @@ _GENERIC_CALM = ("mellow", "warm", "delicate", "airy", "sustained", "lilting")
 _GENERIC_MID = ("bright", "melodic", "steady", "layered", "wide")
 _GENERIC_HOT = ("punchy", "aggressive", "staccato", "heavy", "distorted")
 # How energetic a genre is, to choose which of a listener's preferred genres fits the scene.
-_GENRE_ENERGY = {
-    "ambient": 0.15, "new age": 0.15, "lullaby": 0.05, "drone": 0.15, "minimalist": 0.25, "chamber": 0.3,
-    "classical": 0.4, "folk": 0.35, "celtic": 0.45, "medieval": 0.35, "baroque": 0.45, "jazz": 0.4,
-    "blues": 0.35, "country": 0.4, "world": 0.45, "soundtrack": 0.5, "cinematic": 0.6, "orchestral": 0.6,
-    "choral": 0.35, "waltz": 0.35, "ballad": 0.25, "pop": 0.55, "soul": 0.45, "funk": 0.6, "latin": 0.6,
-    "reggae": 0.45, "electronic": 0.6, "chiptune": 0.65, "video game": 0.6, "trance": 0.7, "house": 0.7,
-    "rock": 0.75, "indie": 0.5, "march": 0.7, "tribal": 0.7, "hip-hop": 0.6, "techno": 0.8, "edm": 0.85,
-    "industrial": 0.85, "dubstep": 0.9, "punk": 0.9, "metal": 0.95,
-}  # fmt: skip
+_GENRE_ENERGY = {name: genre.energy for name, genre in mw.GENRES.items()}
 
 Instruments = dict[str, tuple[float, tuple[str, ...]]]
 
@@ -90,9 +87,11 @@ def _m(words: str, weight: float = 1.0) -> dict[str, float]:
     return dict.fromkeys(words.split(), weight)
 
 
-BRIGHT_MOODS = "cheerful bright happy joyful uplifting playful whimsical hopeful"
-CALM_MOODS = (
-    "peaceful serene calm relaxing dreamy tranquil soothing relaxed cozy romantic sentimental meditative"
+# Moods by meaning (the shared vocabulary's valence and energy): bright ones are held back at
+# night, in rain and in a fight; calm ones in storms and fights.
+BRIGHT_MOODS = " ".join(sorted(w for w, m in mw.MOODS.items() if m.valence >= 0.6 and " " not in w))
+CALM_MOODS = " ".join(
+    sorted(w for w, m in mw.MOODS.items() if m.energy <= 0.3 and m.valence >= -0.2 and " " not in w)
 )
 
 
@@ -566,26 +565,6 @@ class Plan:
         return f"{self.root} {self.mode}"
 
 
-def tempo_word(bpm: int) -> str:
-    if bpm <= 76:
-        return "slow"
-    if bpm <= 106:
-        return "moderate"
-    if bpm <= 134:
-        return "fast"
-    return "driving"
-
-
-def dynamics_word(energy: float) -> str:
-    if energy < 0.3:
-        return "soft"
-    if energy < 0.56:
-        return "gentle"
-    if energy < 0.8:
-        return "loud"
-    return "intense"
-
-
 class Avoid:
     """The profile's avoid list as a matcher: "drums" also rules out "drum" and "drumming"."""
 
@@ -719,10 +698,12 @@ def plan_music(view: SceneView, profile: Profile, vocab: Vocabulary, rng: random
     descriptors = {n: {w: x for w, x in d.items() if w not in held_back} for n, d in descriptors.items()}
     voices = _voices(profile, instruments, descriptors, energy, avoid, vocab, rng)
 
+    # A mood heard as loud or quiet ("aggressive") is never set against the dynamics word either.
+    clash = _LOUD if dynamics_word(energy) in ("soft", "gentle") else _QUIET
     mood_pool = {
         m: w * vocab.weight("moods", m)
         for m, w in moods.items()
-        if w > 0 and m not in _RESERVED and vocab.has("moods", m) and not avoid(m)
+        if w > 0 and m not in _RESERVED and m not in clash and vocab.has("moods", m) and not avoid(m)
     }
     chosen_moods = tuple(_pick(rng, mood_pool, 2, 0.6)) or ("calm",)
     genre, genre_preferred = _genre(profile, genres, energy, avoid, vocab, rng)
@@ -789,10 +770,9 @@ def _voices(
 
 @functools.cache
 def _keeps_instrument(descriptor: str, instrument: str) -> bool:
-    """True when the synthesizer still hears ``instrument`` (and only it) in "descriptor instrument"."""
-    from metabgm_edge.audio.procedural.musicparse import parse_description
-
-    return tuple(parse_description(f"{descriptor} {instrument}").named_instruments) == (instrument,)
+    """True when "descriptor instrument" still names ``instrument`` (and only it) in the shared
+    vocabulary ("electric piano" is another instrument than "piano")."""
+    return mw.instruments_named(f"{descriptor} {instrument}") == (instrument,)
 
 
 def _genre(

@@ -58,6 +58,8 @@ class Conditioning:
     cross: dict[str, ort.OrtValue]
     seconds: float
     """Time it took (tokenizer, text encoder, cross keys/values)."""
+    padded: bool = False
+    """Made for the fixed-cache decoder: padded to ``max_text_tokens``, in its fixed buffers."""
 
 
 class MusicGenModel:
@@ -90,6 +92,9 @@ class MusicGenModel:
         self.cache_mode: CacheMode = cache
         """``auto``: the fixed-length cache on GPU providers when the bundle has one, else the
         growing one; ``static`` / ``dynamic`` force one (tests compare the two)."""
+        self.cuda_graphs = False
+        """The fixed-cache decoder's steps are captured once as CUDA graphs and replayed."""
+        self._fixed: _Fixed | None = None
         self._check()
 
     @classmethod
@@ -109,15 +114,18 @@ class MusicGenModel:
         if missing:
             raise BundleError(f"{folder / 'manifest.json'} lacks the graphs {missing}; re-export the bundle")
         sessions = {
-            name: open_graph(folder, manifest, name, providers=providers, threads=threads)
-            for name in (*GRAPHS, *(["decoder_static"] if "decoder_static" in manifest.graphs else []))
+            name: open_graph(folder, manifest, name, providers=providers, threads=threads) for name in GRAPHS
         }
+        graphs = False
+        if "decoder_static" in manifest.graphs:
+            sessions["decoder_static"], graphs = _open_static(folder, manifest, providers, threads)
         tokenizer_path = folder / manifest.musicgen.tokenizer_file
         try:
             tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:  # tokenizers raises a bare Exception on a bad file
             raise BundleError(f"{tokenizer_path} is not a valid tokenizer: {exc}") from None
         model = cls(folder, manifest, sessions, tokenizer, cache=cache)
+        model.cuda_graphs = graphs
         log.info("loaded %s (%s, %s) on %s in %.2f s", manifest.name, manifest.quantization, manifest.target,
                  model.provider, time.perf_counter() - t0)  # fmt: skip
         return model
@@ -154,11 +162,26 @@ class MusicGenModel:
 
     # -- 1. conditioning ----------------------------------------------------------------------------
 
+    def uses_static(self, guided: bool) -> bool:
+        """Whether a segment runs on the fixed-cache decoder (it takes the guidance batch of 2)."""
+        if self.static is None or not guided or self.cache_mode == "dynamic":
+            return False
+        return self.cache_mode == "static" or self.provider != "cpu"
+
     def condition(self, description: str, *, guided: bool = True) -> Conditioning:
         t0 = time.perf_counter()
         ids = self.tokenizer.encode(description or " ").ids[:MAX_TEXT_TOKENS] or [0]
-        input_ids = np.asarray([ids], dtype=np.int64)
-        mask = np.ones_like(input_ids)
+        padded = self.uses_static(guided)
+        tmax = self.section.max_text_tokens
+        if padded and len(ids) > tmax:
+            log.info("description cut to %d tokens for the fixed-cache decoder (it had %d)", tmax, len(ids))
+            ids = ids[: tmax - 1] + ids[-1:]  # keep the end-of-text token
+        n = len(ids)
+        width = tmax if padded else n
+        input_ids = np.zeros((1, width), dtype=np.int64)
+        input_ids[0, :n] = ids
+        mask = np.zeros((1, width), dtype=np.int64)
+        mask[0, :n] = 1
         (hidden,) = self.sessions["text_encoder"].session.run(
             ["last_hidden_state"], {"input_ids": input_ids, "attention_mask": mask}
         )
@@ -169,8 +192,19 @@ class MusicGenModel:
         step = binding.Step(opened.session, self.device)
         dtype = binding.input_dtype(opened.session, "encoder_hidden_states")  # float16 in fp16 bundles
         step.host({"encoder_hidden_states": hidden.astype(dtype), "encoder_attention_mask": mask})
-        cross = step.out_device(self.cross_names).run()
-        return Conditioning(description, len(ids), mask, cross, time.perf_counter() - t0)
+        if padded:  # into the fixed buffers the captured decoder steps read
+            fixed = self.fixed()
+            fixed.mask.array[:] = mask
+            fixed.mask.sync()
+            cross = step.out_values(fixed.cross).run()
+        else:
+            cross = step.out_device(self.cross_names).run()
+        return Conditioning(description, n, mask, cross, time.perf_counter() - t0, padded)
+
+    def fixed(self) -> _Fixed:
+        if self._fixed is None:
+            self._fixed = _Fixed(self)
+        return self._fixed
 
     # -- 2. decoding --------------------------------------------------------------------------------
 
@@ -216,13 +250,10 @@ class MusicGenModel:
                 logits = cache.run(columns[:, column : column + 1])
 
     def _cache(self, batch: int, length: int, cond: Conditioning) -> _DynamicCache | _StaticCache:
-        mode = self.cache_mode
-        if mode == "auto":
-            mode = "static" if self.static is not None and self.provider != "cpu" else "dynamic"
-        if mode == "static":
+        if cond.padded:
             limit = self.section.static_cache_length or 0
             if length <= limit:
-                return _StaticCache(self, batch, cond)
+                return _StaticCache(self)
             log.info("%d steps exceed the fixed cache (%d): using the growing one", length, limit)
         return _DynamicCache(self, batch, cond)
 
@@ -301,57 +332,101 @@ class _DynamicCache:
         return np.asarray(out["logits"].numpy(), dtype=np.float32)
 
 
-class _StaticCache:
-    """The ``decoder_static`` graph (GPU bundles): one preallocated cache of the section's
-    ``static_cache_length`` positions, written in place at ``position``. Every shape is fixed and
-    two buffers alternate (in, out), so the steps bind the same two addresses: the precondition of
-    CUDA graphs and of TensorRT's fixed profiles."""
+def _open_static(
+    folder: Path, manifest: Manifest, providers: Sequence[str] | None, threads: int | None
+) -> tuple[OpenedSession, bool]:
+    """The fixed-cache decoder, on CUDA with CUDA graphs; (session, graphs on). CUDA refuses CUDA
+    graphs for a graph it cannot take whole: then the session is made again without them."""
+    opened = open_graph(folder, manifest, "decoder_static", providers=providers, threads=threads,
+                        provider_options={"cuda": {"enable_cuda_graph": "1"}})  # fmt: skip
+    if opened.provider == "cuda":
+        return opened, True
+    refused = [
+        line for line in opened.skipped if line.startswith("not using cuda: creating the session failed")
+    ]
+    if not refused:
+        return opened, False
+    log.warning(
+        "%s/decoder_static: %s with CUDA graphs; running it on CUDA without them", folder.name, refused[0]
+    )
+    return open_graph(folder, manifest, "decoder_static", providers=providers, threads=threads), False
 
-    def __init__(self, model: MusicGenModel, batch: int, cond: Conditioning) -> None:
+
+class _Fixed:
+    """What the fixed-cache decoder reads and writes, at addresses that never change: two cache
+    buffers that alternate as input and output, the codes of the column, its position, the padded
+    description's mask and cross keys/values, the logits; and one IO binding per direction."""
+
+    def __init__(self, model: MusicGenModel) -> None:
         s = model.section
         assert model.static is not None and s.static_cache_length
-        self.model = model
-        self.opened = model.static
-        self.batch = batch
-        self.mask = cond.mask
-        self.cross = cond.cross
-        shape = [batch, s.num_heads, s.static_cache_length, s.head_dim]
-        names = kv_names("cache", s.num_layers)
-        self.in_names, self.out_names = names, kv_names("cache", s.num_layers, "_out")
-        self.buffers = [
-            [binding.zeros(shape, s.kv_dtype, model.device) for _ in names],
-            [binding.zeros(shape, s.kv_dtype, model.device) for _ in names],
+        device = model.device
+        session = model.static.session
+        cache_shape = [2, s.num_heads, s.static_cache_length, s.head_dim]
+        self.caches = [
+            [binding.zeros(cache_shape, s.kv_dtype, device) for _ in range(2 * s.num_layers)]
+            for _ in range(2)
         ]
+        self.ids = binding.Mirror(np.zeros((2 * s.num_codebooks, 1), np.int64), device)
+        self.position = binding.Mirror(np.zeros(1, np.int64), device)
+        self.mask = binding.Mirror(np.zeros((2, s.max_text_tokens), np.int64), device)
+        self.cross = {
+            n: binding.zeros([2, s.num_heads, s.max_text_tokens, s.head_dim], s.kv_dtype, device)
+            for n in model.cross_names
+        }
+        logits_dtype = binding.output_dtype(session, "logits")
+        self.logits = binding.Mirror(np.zeros((2, s.num_codebooks, s.codebook_size), logits_dtype), device)
+        ins, outs = kv_names("cache", s.num_layers), kv_names("cache", s.num_layers, "_out")
+        self.bindings = []
+        self.options = []
+        for flip in (0, 1):
+            b = session.io_binding()
+            b.bind_ortvalue_input("input_ids", self.ids.value)
+            b.bind_ortvalue_input("position", self.position.value)
+            b.bind_ortvalue_input("encoder_attention_mask", self.mask.value)
+            for name, value in self.cross.items():
+                b.bind_ortvalue_input(name, value)
+            for name, value in zip(ins, self.caches[flip], strict=True):
+                b.bind_ortvalue_input(name, value)
+            for name, value in zip(outs, self.caches[1 - flip], strict=True):
+                b.bind_ortvalue_output(name, value)
+            b.bind_ortvalue_output("logits", self.logits.value)
+            self.bindings.append(b)
+            options = ort.RunOptions()
+            if model.cuda_graphs:  # one graph per direction, captured once, replayed every step
+                options.add_run_config_entry("gpu_graph_id", str(flip))
+            self.options.append(options)
+
+
+class _StaticCache:
+    """The ``decoder_static`` graph (GPU bundles): one column per run into a preallocated cache of
+    ``static_cache_length`` positions, written at ``position``, the description padded to a fixed
+    length. Every shape and every address is fixed (:class:`_Fixed`), which CUDA graphs and
+    TensorRT's fixed profiles need; the prefill also runs a column at a time."""
+
+    def __init__(self, model: MusicGenModel) -> None:
+        self.model = model
+        self.fixed = model.fixed()
+        self.session = model.static.session if model.static else None
         self.flip = 0
         self.position = 0
-        engine = model.manifest.engine_for("decoder_static")
-        self.max_columns = None
-        """Columns one run takes: a TensorRT engine's profile allows one (the prefill then runs
-        column by column); the ONNX graph takes any number."""
-        if self.opened.provider == "tensorrt" and engine and engine.shape_profiles:
-            self.max_columns = engine.shape_profiles[0].max.get("input_ids", [0, 1])[1] or 1
 
     def run(self, columns: np.ndarray) -> np.ndarray:
-        if self.max_columns is not None and columns.shape[1] > self.max_columns:
-            logits = None
-            for c in range(0, columns.shape[1], self.max_columns):
-                logits = self._run(columns[:, c : c + self.max_columns])
-            assert logits is not None
-            return logits
-        return self._run(columns)
+        logits = None
+        for c in range(columns.shape[1]):
+            logits = self._run(columns[:, c])
+        assert logits is not None
+        return logits
 
-    def _run(self, columns: np.ndarray) -> np.ndarray:
-        m = self.model
-        ids = np.tile(columns, (self.batch, 1))
-        src, dst = self.buffers[self.flip], self.buffers[1 - self.flip]
-        step = binding.Step(self.opened.session, m.device)
-        step.host({
-            "input_ids": ids,
-            "position": np.asarray([self.position], dtype=np.int64),
-            "encoder_attention_mask": self.mask,
-        })  # fmt: skip
-        step.values({**dict(zip(self.in_names, src, strict=True)), **self.cross})
-        out = step.out_host(["logits"]).out_values(dict(zip(self.out_names, dst, strict=True))).run()
+    def _run(self, column: np.ndarray) -> np.ndarray:
+        f = self.fixed
+        f.ids.array[:, 0] = np.tile(column, 2)
+        f.ids.sync()
+        f.position.array[0] = self.position
+        f.position.sync()
+        assert self.session is not None
+        self.session.run_with_iobinding(f.bindings[self.flip], f.options[self.flip])
         self.flip = 1 - self.flip
-        self.position += columns.shape[1]
-        return np.asarray(out["logits"].numpy(), dtype=np.float32)
+        self.position += 1
+        logits = f.logits.array if self.model.device == "cpu" else f.logits.value.numpy()
+        return np.asarray(logits, dtype=np.float32)

@@ -3,7 +3,16 @@
 No weights: :mod:`.musicparse` reads tempo, key, mode, instruments, dynamics and mood; this
 module plans a bar at a time (a chord progression, a bass line, a melody grown from a motif,
 drums when rhythm is asked for) as :class:`Note` events, and :mod:`.voices` renders them into a
-reverberant room, through a DC blocker and a gentle limiter.
+reverberant room, through a spectral tilt, a DC blocker and a gentle limiter.
+
+What it plays carries the words the way a listener (or librosa, tests/test_listening.py) hears
+them: below 84 BPM nothing but drums plays between the beats and notes are long; from 140 BPM
+every beat is played alike (a backbeat would be heard as half the tempo); some voice always marks
+the beat (a kit that hits every beat, a struck accompaniment, or a plucked bass); with loud drums
+the held chords, the melody and the bass step back; brightness moves the register and tilts the
+spectrum; progressions start on the tonic and return to it, and drums are tuned to the key, so the
+key and mode asked are the ones heard; the master gain sets the loudness the dynamics ask for
+whatever the arrangement; "solo" is that instrument alone, and a lone melody gets chords and a bass.
 
 Continuity (the paper's melodic anchor) is a :class:`SynthAnchor`: key, mode, tempo, beat
 position, the motif, the progression, the last voicings, and the notes themselves:
@@ -39,9 +48,10 @@ import msgspec
 import numpy as np
 from msgspec import Struct
 
+from metabgm_edge import music_words as mw
 from metabgm_edge.audio.dsp import crossfade
 from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE, AudioChunk, AudioRequest, interleave
-from metabgm_edge.audio.procedural.musicparse import MusicSpec, parse_description
+from metabgm_edge.audio.procedural.musicparse import INSTRUMENTS, MusicSpec, parse_description
 from metabgm_edge.audio.procedural.theory import (
     MINOR_LIKE,
     MODES,
@@ -56,7 +66,16 @@ from metabgm_edge.audio.procedural.theory import (
     steps_to_midi,
     voice_chord,
 )
-from metabgm_edge.audio.procedural.voices import DRUMS, Room, limit, note_extent, remove_dc, render_note
+from metabgm_edge.audio.procedural.voices import (
+    DRUM_HZ,
+    DRUMS,
+    Room,
+    limit,
+    note_extent,
+    remove_dc,
+    render_note,
+    tilt,
+)
 
 __all__ = ["Note", "ProceduralSynth", "SynthAnchor"]
 
@@ -72,25 +91,34 @@ JOIN_S: Final = 0.5
 _TONICS_MAJOR: Final = (0, 2, 3, 5, 7, 9)  # C D Eb F G A
 _TONICS_MINOR: Final = (9, 2, 4, 0, 7)  # A D E C G
 _MELODY_PREF: Final = (
-    "flute", "brass", "synth", "piano", "epiano", "guitar", "harp", "bells", "strings", "choir", "organ",
-    "cello",
+    "voice", "flute", "brass", "synth", "piano", "epiano", "guitar", "harp", "bells", "strings", "choir",
+    "organ", "cello",
 )  # fmt: skip
 _MELODY_RANGE: Final = {
     "flute": (67, 86), "piano": (62, 84), "epiano": (62, 81), "guitar": (57, 79), "brass": (55, 74),
     "synth": (62, 84), "bells": (67, 86), "strings": (62, 84), "choir": (60, 77), "harp": (60, 84),
-    "organ": (60, 79), "cello": (50, 69), "pad": (60, 79),
+    "organ": (60, 79), "cello": (50, 69), "pad": (60, 79), "voice": (57, 76),
 }  # fmt: skip
 _CHORD_RANGE: Final = {
     "pad": (48, 72), "strings": (50, 74), "choir": (50, 71), "piano": (48, 72), "epiano": (50, 72),
     "guitar": (45, 67), "organ": (48, 72), "brass": (48, 69), "harp": (48, 76), "bells": (67, 84),
-    "synth": (57, 81), "cello": (38, 57), "flute": (62, 79), "pizz": (52, 76),
+    "synth": (57, 81), "cello": (38, 57), "flute": (62, 79), "pizz": (52, 76), "voice": (52, 69),
 }  # fmt: skip
-_ELECTRONIC_GENRES: Final = frozenset(
-    {"electronic", "techno", "house", "trance", "edm", "synthwave", "dubstep", "industrial", "chiptune",
-     "8-bit", "video game"}
-)  # fmt: skip
-_SUSTAINED: Final = frozenset({"pad", "strings", "choir", "organ", "cello", "flute"})
+_SUSTAINED: Final = frozenset({"pad", "strings", "choir", "organ", "cello", "flute", "voice"})
+_STRUCK: Final = ("piano", "epiano", "guitar", "harp", "pizz", "bells", "synth")
+"""Harmony voices that articulate each note (so they can carry the pulse), in order of preference."""
+_CHORDAL: Final = frozenset({"piano", "epiano", "guitar", "harp", "organ"})
+"""Instruments that play their own chords when alone."""
+_SECTIONS: Final = _CHORDAL | {"strings", "choir", "brass", "synth"}
+"""Instruments that play both the tune and the chords in a band or an orchestra."""
 _HARMONY_PANS: Final = (-0.35, 0.35, -0.15)
+_EVEN_BEATS_FROM: Final = 140.0
+"""From this tempo (BPM) every beat is played alike (a backbeat on 2 and 4 would be heard as the
+beat of music half as fast)."""
+_BEAT_ONLY_BELOW: Final = 84.0
+"""Below this tempo (BPM) nothing but drums plays between the beats: a slow piece has a slow pulse."""
+_ACCOMPANYING: Final = ("piano", "epiano", "guitar", "harp", "organ", "pad", "synth", "strings")
+"""What can play the chords under a lone melody, in the order a genre's instruments name them."""
 
 
 class Note(Struct, array_like=True, frozen=True):
@@ -187,6 +215,19 @@ class _Style:
     staccato: bool = False
     arpeggiated: bool = False
     arc: float = 0.0
+    pulse: str | None = None
+    """The harmony voice that plays on every beat ("bass" when none can; None: drums do)."""
+    register: int = 0
+    """Semitones the melody and chords move up (bright music) or down (dark music)."""
+    drum_level: float = 1.0
+    duck: float = 0.0
+    """0..1: how far the held chords (by half), the melody (by 40 %) and the bass (by a third) step
+    back from loud drums."""
+
+    @property
+    def sub(self) -> int:
+        """Notes per beat the pitched voices may use: 1 in slow music, 2 otherwise."""
+        return 1 if self.tempo < _BEAT_ONLY_BELOW else 2
 
 
 @dataclass
@@ -369,33 +410,39 @@ class ProceduralSynth:
         if spec.instruments:
             instruments = spec.instruments
         elif anchor is not None:
-            instruments = tuple(i for i in anchor.instruments if i not in spec.excluded)
+            instruments = anchor.instruments
         else:
             instruments = ("piano", "pad", "bass") if energy < 0.45 else ("piano", "strings", "bass")
-        instruments = tuple(i for i in instruments if i not in spec.excluded)
+        instruments = tuple(i for i in instruments if i not in spec.excluded and i in INSTRUMENTS)
         melodic = [i for i in instruments if i not in ("bass", "drums", "pad")]
         if spec.melody and spec.melody in instruments:
             melody = spec.melody
         else:
             melody = next((i for i in _MELODY_PREF if i in melodic), "")
         if not melody:
-            melody = "bells" if space > 0.6 else "synth" if "synth" in spec.styles else "piano"
+            melody = "bells" if space > 0.6 else "synth" if _electronic(spec.genre) else "piano"
         harmony = [i for i in instruments if i not in ("bass", "drums", melody)]
         bass: str | None = "bass"
         if "cello" in harmony and "bass" not in instruments:
             harmony.remove("cello")
             bass = "cello"
-        if "bass" in spec.excluded or (spec.solo and "bass" not in instruments):
+        solo = spec.solo and not harmony
+        if solo:  # that instrument alone: it accompanies itself if it can, nothing else joins
+            harmony = [melody] if melody in _CHORDAL else []
             bass = None
-        if not harmony:
-            harmony = [melody] if melody in ("piano", "epiano", "guitar", "harp", "organ") else ["pad"]
+        elif "bass" in spec.excluded:
+            bass = None
+        if not harmony and not solo:  # a band's guitar or a pianist plays its own chords too
+            harmony = [melody if melody in _SECTIONS else self._accompaniment(spec, melody, energy)]
         staccato = bool({"staccato", "pizzicato"} & set(spec.styles))
         if staccato and "strings" in harmony and energy >= 0.45:
             harmony[harmony.index("strings")] = "pizz"
         harmony = harmony[:3]
 
         # Drums: asked for, refused, or as before.
-        if spec.drums is not None:
+        if solo and "drums" not in spec.named_instruments:
+            want_drums = False
+        elif spec.drums is not None:
             want_drums = spec.drums
         elif spec.named_instruments:
             want_drums = "drums" in spec.named_instruments
@@ -403,30 +450,20 @@ class ProceduralSynth:
             want_drums = anchor.drums is not None
         else:
             want_drums = False
-        kit = None
-        if want_drums:
-            orchestral = spec.genre in (
-                "orchestral",
-                "cinematic",
-                "symphonic",
-                "film score",
-                "march",
-                "opera",
-            ) or (
-                bool({"brass", "strings", "choir", "cello"} & set(instruments))
-                and not {"synth", "guitar", "epiano"} & set(instruments)
-                and energy >= 0.55
-            )
-            electronic = spec.genre in _ELECTRONIC_GENRES or ("synth" in instruments and energy >= 0.5)
-            kit = (
-                "orchestral"
-                if orchestral
-                else "electronic"
-                if electronic
-                else "soft"
-                if energy < 0.4
-                else "standard"
-            )
+        kit = self._kit(spec, instruments, energy) if want_drums else None
+
+        # Who plays on every beat when the drums do not (or with them, in slow music).
+        pulse = next((v for v in _STRUCK if v in harmony), None)
+        if pulse is None and bass is not None:
+            pulse = "bass"
+        register = round(float(np.clip((brightness - 0.5) * 18.0, -7.0, 7.0)))
+        drum_level = 0.85 + 0.45 * spec.drum_weight + 1.2 * max(0.0, energy - 0.5)
+        # With drums in loud music the held chords and the melody step back so the beat is heard.
+        duck = min(1.0, 3.0 * (energy - 0.4)) if kit is not None and energy > 0.4 else 0.0
+
+        playing = tuple(
+            dict.fromkeys([melody, *harmony, *([bass] if bass else []), *(["drums"] if kit else [])])
+        )
         return _Style(
             tempo=tempo,
             meter=int(meter),
@@ -440,13 +477,48 @@ class ProceduralSynth:
             harmony=harmony,
             bass=bass,
             drums=kit,
-            instruments=tuple(dict.fromkeys([melody, *harmony, *([bass] if bass else []), *instruments])),
+            instruments=playing,
             sevenths=spec.sevenths,
             pentatonic=spec.pentatonic,
             staccato=staccato,
             arpeggiated="arpeggiated" in spec.styles,
             arc=spec.arc,
+            pulse=pulse,
+            register=register,
+            drum_level=float(drum_level),
+            duck=float(duck),
         )
+
+    @staticmethod
+    def _accompaniment(spec: MusicSpec, melody: str, energy: float) -> str:
+        """The chords under a melody instrument named alone ("a flute in C major")."""
+        genre = mw.GENRES.get(spec.genre or "")
+        choice = (
+            next((i for i in genre.instruments if i in _ACCOMPANYING and i != melody), None)
+            if genre
+            else None
+        )
+        if choice is None:
+            if _electronic(spec.genre) or melody == "synth":
+                choice = "synth"
+            else:
+                choice = "guitar" if melody in ("voice", "flute") and energy >= 0.5 else "piano"
+        if choice == melody:
+            choice = "piano" if melody != "piano" else "strings"
+        return choice
+
+    @staticmethod
+    def _kit(spec: MusicSpec, instruments: tuple[str, ...], energy: float) -> str:
+        if spec.kit is not None:
+            if spec.kit == "soft" and energy >= 0.65:
+                return "standard"
+            return spec.kit
+        if _electronic(spec.genre) or ("synth" in instruments and energy >= 0.5):
+            return "electronic"
+        band = {"guitar", "epiano", "synth", "voice", "organ", "piano"} & set(instruments)
+        if {"brass", "strings", "choir", "cello"} & set(instruments) and not band and energy >= 0.55:
+            return "orchestral"
+        return "soft" if energy < 0.4 else "standard"
 
     # -- planning -------------------------------------------------------------------------------
     def _plan(
@@ -474,7 +546,10 @@ class ProceduralSynth:
             s0, beat0 = 0, 0.0
             first_bar = 0
             state = _PlanState(
-                choose_progression(rng, st.mode, st.energy), 0, 0, new_motif(rng, meter, st.energy)
+                choose_progression(rng, st.mode, st.energy, calm=st.tempo < 72),
+                0,
+                0,
+                new_motif(rng, meter, st.energy, st.sub),
             )
         elif compatible:
             st.tempo = anchor.tempo  # keep the grid exactly
@@ -485,7 +560,7 @@ class ProceduralSynth:
             notes.extend(anchor.pending)
             state = _PlanState(
                 anchor.progression, anchor.progression_bar, anchor.phrase_bar,
-                mutate_motif(rng, anchor.motif, meter, st.energy), dict(anchor.voicings),
+                mutate_motif(rng, anchor.motif, meter, st.energy, st.sub), dict(anchor.voicings),
                 anchor.last_melody, anchor.last_bass,
             )  # fmt: skip
         else:
@@ -499,10 +574,12 @@ class ProceduralSynth:
                     n = msgspec.structs.replace(n, length=max(0, s0 - n.start))
                 notes.append(n)
             progression = (
-                anchor.progression if anchor.mode == st.mode else choose_progression(rng, st.mode, st.energy)
+                anchor.progression
+                if anchor.mode == st.mode
+                else choose_progression(rng, st.mode, st.energy, calm=st.tempo < 72)
             )
             state = _PlanState(
-                progression, first_bar, first_bar, mutate_motif(rng, anchor.motif, meter, st.energy),
+                progression, first_bar, first_bar, mutate_motif(rng, anchor.motif, meter, st.energy, st.sub),
                 dict(anchor.voicings), anchor.last_melody, anchor.last_bass,
             )  # fmt: skip
 
@@ -519,7 +596,7 @@ class ProceduralSynth:
         bar = first_bar
         while sample_at(bar * meter) < plan_end:
             if bar > first_bar and (bar - state.phrase_bar) % PHRASE_BARS == 0 and rng.random() < 0.5:
-                state.motif = mutate_motif(rng, state.motif, meter, st.energy)
+                state.motif = mutate_motif(rng, state.motif, meter, st.energy, st.sub)
             notes.extend(self._plan_bar(st, state, bar, sample_at, spb, s0, rng))
             if bar == last_bar:
                 snapshot = state.copy()
@@ -541,13 +618,15 @@ class ProceduralSynth:
     ) -> list[Note]:
         meter = st.meter
         numerals = state.progression.split()
-        hr = 2 if (st.tempo >= 118 or st.energy < 0.25) else 1  # bars per chord
+        hr = 2 if meter * 60.0 / st.tempo < 1.4 else 1  # bars per chord: a chord lasts 1.4 s or more
         cycle = len(numerals) * hr
         if bar - state.progression_bar >= cycle:
             cycles = (bar - state.progression_bar) // cycle
             state.progression_bar += cycles * cycle
             if rng.random() < 0.35:
-                state.progression = choose_progression(rng, st.mode, st.energy, avoid=state.progression)
+                state.progression = choose_progression(
+                    rng, st.mode, st.energy, avoid=state.progression, calm=st.tempo < 72
+                )
                 state.progression_bar = bar
                 numerals = state.progression.split()
                 cycle = len(numerals) * hr
@@ -587,7 +666,7 @@ class ProceduralSynth:
                 jit *= 0.5
             start = max(s0, sample_at(beat) + round(jit * SR / 1000.0))
             length = max(1, round(dur * spb))
-            vel = float(np.clip(vel * (1.0 + rng.normal(0, 0.05)), 0.05, 1.2))
+            vel = float(np.clip(vel * (1.0 + rng.normal(0, 0.05)), 0.05, 1.5))
             out.append(
                 Note(voice, float(midi), int(start), int(length), vel, float(pan), int(rng.integers(1 << 31)))
             )
@@ -605,6 +684,7 @@ class ProceduralSynth:
     ) -> list[tuple[str, float, float, float, float, float]]:
         voice = st.melody
         lo, hi = _MELODY_RANGE.get(voice, (60, 84))
+        lo, hi = lo + st.register, hi + st.register
         scale = chord_scale(st.tonic, st.mode, chord, pentatonic=st.pentatonic)
         n = len(scale)
         tones = {(chord.root + i) % 12 for i in chord.intervals}
@@ -615,7 +695,7 @@ class ProceduralSynth:
             shift = int(rng.choice([-1, 1, 2]))
             motif = [(s + shift, o, d) for s, o, d in motif]
         elif bip == 2 and rng.random() < 0.4:
-            motif = list(mutate_motif(rng, state.motif, st.meter, st.energy))
+            motif = list(mutate_motif(rng, state.motif, st.meter, st.energy, st.sub))
         elif bip == 3:  # cadence: the motif's opening, then a long chord tone
             first = motif[0]
             end = float(st.meter)
@@ -629,6 +709,7 @@ class ProceduralSynth:
                 ]
         base_midi = 48 + st.tonic
         target = state.last_melody if state.last_melody is not None else (lo + hi) // 2
+        target = min(hi, max(lo, target))
         best = None
         for octave in range(-2, 6):
             base = root_idx + octave * n
@@ -642,17 +723,18 @@ class ProceduralSynth:
         out = []
         for j, (s, onset, dur) in enumerate(motif):
             step = base + s
-            if onset % strong == 0 or (bip == 3 and j == len(motif) - 1):  # strong beats: chord tones
+            if onset % strong == 0 or (bip == 3 and j == len(motif) - 1):  # strong beats: chord tones,
+                # the root when it is about as near (the key's tonic is heard on the tonic chord)
                 cands = [k + o * n for k in tone_idx for o in range(-3, 8)]
-                step = min(cands, key=lambda c, s=step: (abs(c - s), c))
+                step = min(cands, key=lambda c, s=step: (abs(c - s) + (0.0 if c % n == root_idx else 0.8), c))
             midi = int(steps_to_midi(np.array([step]), scale, base_midi)[0])
             while midi > hi:
                 midi -= 12
             while midi < lo:
                 midi += 12
-            accent = 0.1 if onset == 0 else 0.04 if onset % 1 == 0 else 0.0
+            accent = 0.1 if onset == 0 else 0.04 if onset % 1 == 0 else -0.06
             legato = 0.98 if voice in _SUSTAINED or voice == "brass" else 0.92
-            vel = (0.72 + accent - (0.08 if bip == 3 and j > 0 else 0.0)) * vel_scale
+            vel = (0.72 + accent - (0.08 if bip == 3 and j > 0 else 0.0)) * vel_scale * (1.0 - 0.4 * st.duck)
             out.append((voice, midi, bar_beat + onset, dur * legato, vel, 0.05))
             state.last_melody = midi
         return out
@@ -673,24 +755,35 @@ class ProceduralSynth:
         meter = st.meter
         pcs = chord.pitch_classes(st.tonic)
         lo, hi = _CHORD_RANGE.get(voice, (48, 72))
+        shift = st.register // 2
+        lo, hi = lo + shift, hi + shift
         nvoices = 4 if voice in ("pad", "strings", "choir", "organ") else 2 if voice == "cello" else 3
         voicing = voice_chord(pcs, lo, hi, state.voicings.get(voice), nvoices)
         state.voicings[voice] = voicing
         e = st.energy
+        fast = st.tempo >= 118
         out: list[tuple[str, float, float, float, float, float]] = []
         v = (0.3 if nvoices >= 4 else 0.42) * vel_scale  # an accompaniment, under the melody
+        pulsing = st.pulse == voice
+        if voice == "strings" and st.duck >= 0.5:  # a driving ostinato (short bows) under loud drums
+            for onset in range(meter):
+                for m in voicing:
+                    vv = v * (1.0 - 0.4 * st.duck) * (1.0 if onset == 0 else 0.85)
+                    out.append(("spicc", m, bar_beat + onset, 0.5, vv, pan))
+            return out
         if voice in _SUSTAINED or (voice == "brass" and e < 0.7):
             if chord_start:
                 for m in voicing:
-                    out.append((voice, m, bar_beat, hr * meter * 1.0, v, pan))
+                    out.append((voice, m, bar_beat, hr * meter * 1.0, v * (1.0 - 0.5 * st.duck), pan))
             return out
-        if voice == "brass":  # stabs
-            for onset, dur in ((0, 1.5), (1.5, 0.5), (2, 2)) if meter == 4 else ((0, 2), (2, 1)):
+        if voice == "brass":  # stabs on the beats
+            onsets = range(meter) if e >= 0.8 else range(0, meter, 2)
+            for onset in onsets:
                 for m in voicing:
-                    out.append((voice, m, bar_beat + onset, dur * 0.9, v * (1.0 if onset == 0 else 0.8), pan))
+                    out.append((voice, m, bar_beat + onset, 0.8, v * (1.0 if onset == 0 else 0.8), pan))
             return out
         if voice == "pizz":
-            step = 0.5 if e >= 0.7 else 1.0
+            step = 0.5 if (e >= 0.7 and fast) else 1.0
             for k in range(int(meter / step)):
                 m = voicing[k % len(voicing)] if k % 2 else voicing[0]
                 out.append((voice, m, bar_beat + k * step, step * 0.5, v * (1.0 if k % 2 == 0 else 0.8), pan))
@@ -703,40 +796,40 @@ class ProceduralSynth:
         if arpeggio:
             notes = [*voicing, voicing[0] + 12]
             order = [0, 1, 2, 3, 2, 1, 2, 3] if len(notes) >= 4 else [0, 1, 2, 1]
-            step = 0.25 if (e >= 0.65 and voice in ("synth", "harp")) else 0.5
-            if voice == "bells":
-                step = 1.0 if e < 0.5 else 0.5
+            # One note per beat in slow and middling music, eighths only when fast and lively.
+            step = 0.5 if (fast and (e >= 0.5 or voice in ("harp", "synth"))) else 1.0
+            if voice == "bells" and not pulsing:
+                step = 2.0 if e < 0.5 else 1.0
             count = round(meter / step)
             for k in range(count):
                 m = notes[order[k % len(order)] % len(notes)]
                 onset = k * step
                 ring = (meter - onset) if voice in ("piano", "epiano", "harp") else step * 0.6
-                out.append((voice, m, bar_beat + onset, ring, v * (1.0 if k == 0 else 0.8), pan))
+                on_beat = onset % 1 == 0
+                out.append(
+                    (voice, m, bar_beat + onset, ring, v * (1.0 if k == 0 else 0.85 if on_beat else 0.7), pan)
+                )
             return out
         if voice == "guitar":
-            pattern = (
-                (0, 2) if e < 0.4 else (0, 1, 1.5, 2.5, 3) if e < 0.7 else tuple(x * 0.5 for x in range(8))
-            )
-            if meter == 3:
-                pattern = (0, 1, 2) if e >= 0.4 else (0,)
+            if fast and e >= 0.7:
+                pattern: tuple[float, ...] = tuple(x * 0.5 for x in range(2 * meter))
+            elif fast and e >= 0.45 and meter == 4:
+                pattern = (0, 1, 1.5, 2, 3)
+            else:
+                pattern = tuple(float(b) for b in range(meter))
             for j, onset in enumerate(pattern):
                 nxt = pattern[j + 1] if j + 1 < len(pattern) else meter
                 up = onset % 1 != 0
                 strum = list(reversed(voicing)) if up else list(voicing)
                 for i, m in enumerate(strum):
                     delay = i * 0.012 * st.tempo / 60.0  # 12 ms per string, in beats
-                    vv = v * (0.75 if up else 1.0)
+                    vv = v * (0.7 if up else 1.0 if onset == 0 else 0.85)
                     out.append((voice, m, bar_beat + onset + delay, (nxt - onset) * 0.95, vv, pan))
             return out
-        # Piano / e-piano / organ comping with block chords.
-        pattern = ((0, 2), (2, 2)) if e < 0.7 else ((0, 1), (1, 0.5), (1.5, 1), (2.5, 0.5), (3, 1))
-        if meter == 3:
-            pattern = ((0, 1), (1, 1), (2, 1))
-        for onset, dur in pattern:
-            if onset >= meter:
-                continue
+        # Piano / e-piano / organ comping with block chords, one per beat.
+        for onset in range(meter):
             for m in voicing:
-                out.append((voice, m, bar_beat + onset, dur * 0.95, v * (1.0 if onset == 0 else 0.8), pan))
+                out.append((voice, m, bar_beat + onset, 0.95, v * (1.0 if onset == 0 else 0.78), pan))
         if st.bass is None:  # left hand
             out.append((voice, voicing[0] - 12, bar_beat, float(meter), v, pan))
         return out
@@ -763,11 +856,21 @@ class ProceduralSynth:
         state.last_bass = root
         fifth = root + 7 if root + 7 <= hi + 5 else root - 5
         e = st.energy
-        v = 0.75 * vel_scale
+        v = (0.5 if voice == "bass" else 0.38) * vel_scale * (1.0 - 0.35 * st.duck)
         out: list[tuple[str, float, float, float, float, float]] = []
-        if voice == "cello" or e < 0.3:
+        # Nobody else marks the beat, or the music is fast and has no drums to mark it.
+        pulsing = st.drums is None and (st.pulse == "bass" or st.tempo >= _EVEN_BEATS_FROM)
+        if pulsing and voice == "bass":
+            voice = "pbass"  # plucked: its attack marks the beat
+        if voice == "cello" or (e < 0.3 and not pulsing):
             if chord_start:
                 out.append((voice, root, bar_beat, hr * meter * 0.98, v, 0.0))
+            return out
+        if e < 0.3 or (e < 0.55 and pulsing):  # a plucked root on every beat: the pulse
+            pluck = "pbass" if voice == "bass" else voice
+            for k in range(meter):
+                m = fifth if (k == 2 and meter == 4 and e >= 0.3) else root
+                out.append((pluck, m, bar_beat + k, 0.85, v * (1.0 if k == 0 else 0.85), 0.0))
             return out
         if e < 0.55:
             if meter == 4:
@@ -778,13 +881,18 @@ class ProceduralSynth:
             else:
                 out.append((voice, root, bar_beat, 2.9, v, 0.0))
             return out
-        if e < 0.75:
+        if e < 0.75 or st.sub == 1:
             nxt_pc = (st.tonic + next_chord.root) % 12
             nxt = min((m for m in range(lo - 2, hi + 3) if m % 12 == nxt_pc), key=lambda m: abs(m - root))
-            approach = nxt - 1 if nxt > root else nxt + 1
+            scale = {(st.tonic + p) % 12 for p in MODES[st.mode]}
+            # A step of the scale into the next chord's root (a chromatic one would blur the key).
+            approach = next(
+                (nxt + d for d in ((-1, -2) if nxt > root else (1, 2)) if (nxt + d) % 12 in scale), nxt
+            )
             line = [root, root, fifth, approach][:meter] if meter == 4 else [root, fifth, root]
+            dur = 0.55 if st.duck >= 0.5 else 0.9  # under loud drums the bass leaves room for the kick
             for k, m in enumerate(line):
-                out.append((voice, m, bar_beat + k, 0.9, v * (1.0 if k == 0 else 0.85), 0.0))
+                out.append((voice, m, bar_beat + k, dur, v * (1.0 if k == 0 else 0.85), 0.0))
             return out
         for k in range(meter * 2):
             m = root + 12 if k % 2 else root
@@ -794,59 +902,54 @@ class ProceduralSynth:
     def _drums(
         self, st: _Style, bip: int, bar_beat: float, rng: np.random.Generator
     ) -> list[tuple[str, float, float, float, float, float]]:
-        kit, e, meter = st.drums, st.energy, st.meter
+        """Every kit marks every beat; between the beats only hats and shakers, and those only
+        when the music is not slow (in slow music they would be heard as the beat)."""
+        kit, e, meter, tempo = st.drums, st.energy, st.meter, st.tempo
+        slow = tempo < _BEAT_ONLY_BELOW
         hits: list[tuple[str, float, float, float]] = []  # name, beat offset, vel, pan
+        if kit == "soft":
+            kick, back, tick = "kick_soft", "brush", "shaker"
+        elif kit == "orchestral":  # a big drum on the beat; a bass drum's punch when it gets loud
+            kick, back, tick = ("kick" if e >= 0.6 else "tom_low"), "snare", "shaker"
+        elif kit == "hand":
+            kick, back, tick = "tom_low", "tom_high", "shaker"
+        else:
+            kick, back, tick = "kick", "snare", "hat"
         if meter == 3:
-            kick = "kick_soft" if kit == "soft" else "tom_low" if kit == "orchestral" else "kick"
-            back = "brush" if kit == "soft" else "rim" if kit == "orchestral" else "snare"
-            hits += [(kick, 0, 0.9, 0.0), (back, 1, 0.5, 0.05), (back, 2, 0.45, 0.05)]
-            if kit != "orchestral":
-                hits += [("hat" if kit != "soft" else "shaker", b + 0.5, 0.5, 0.3) for b in range(3)]
-        elif kit == "soft":
-            hits += [
-                ("kick_soft", 0, 0.85, 0.0),
-                ("kick_soft", 2, 0.55, 0.0),
-                ("brush", 1, 0.6, 0.1),
-                ("brush", 3, 0.65, 0.1),
-            ]
-            hits += [("shaker", 0.5 * k, 0.45 + (0.2 if k % 2 else 0.0), -0.3) for k in range(8)]
-        elif kit == "orchestral":
-            hits += [("tom_low", 0, 0.95, -0.1), ("tom_low", 2.5, 0.7, -0.1)]
-            if e >= 0.7:
-                hits += [("tom_low", 1.5, 0.6, 0.1), ("tom_high", 3, 0.7, 0.2), ("tom_high", 3.5, 0.55, 0.2)]
+            hits += [(kick, 0, 0.95, 0.0), (back, 1, 0.55, 0.05), (back, 2, 0.5, 0.05)]
+            if not slow:
+                hits += [(tick, b + 0.5, 0.35, 0.3) for b in range(3)]
+        else:
+            four = kit == "electronic" or (kit in ("orchestral", "standard") and tempo >= 132 and e >= 0.7)
+            kicks = range(4) if four or tempo >= _EVEN_BEATS_FROM else (0, 2)
+            hits += [(kick, b, 0.95 if b == 0 else 0.85, 0.0) for b in kicks]
+            if tempo >= _EVEN_BEATS_FROM:  # fast: every beat alike, or the ear halves the tempo
+                hits += [(back, float(b), 0.7, 0.05) for b in range(4)]
+                hits += [(tick, float(b), 0.4, 0.3) for b in range(4)]
             else:
-                hits += [("tom_high", 3, 0.5, 0.2)]
-        elif kit == "electronic":
-            hits += [("kick", b, 0.9, 0.0) for b in range(4)]
-            hits += [("snare", 1, 0.7, 0.05), ("snare", 3, 0.75, 0.05)]
-            hits += [("hat", b + 0.5, 0.6, 0.25) for b in range(4)]
-            if e >= 0.75:
-                hits += [("hat", b + 0.25, 0.35, 0.25) for b in range(4)] + [
-                    ("hat", b + 0.75, 0.35, 0.25) for b in range(4)
-                ]
-        else:  # standard
-            hits += [
-                ("kick", 0, 0.95, 0.0),
-                ("kick", 2, 0.8, 0.0),
-                ("snare", 1, 0.75, 0.05),
-                ("snare", 3, 0.8, 0.05),
-            ]
-            if e >= 0.6:
-                hits.append(("kick", 2.5, 0.6, 0.0))
-            step = 0.25 if e >= 0.8 else 0.5
-            hits += [
-                ("hat", step * k, 0.55 if (step * k) % 1 == 0 else 0.4, 0.3) for k in range(int(4 / step))
-            ]
-        if bip == PHRASE_BARS - 1 and e >= 0.55 and meter == 4 and kit != "soft":  # fill into the next phrase
+                hits += [(back, 1, 0.8, 0.05), (back, 3, 0.85, 0.05)]
+            if kit == "orchestral" and e >= 0.6:
+                hits += [("tom_low", 0, 0.4, -0.15)]
+            # The tick: on every beat in slow music, between the beats otherwise.
+            if tempo >= _EVEN_BEATS_FROM:
+                pass
+            elif slow:
+                hits += [(tick, float(b), 0.4, 0.3) for b in range(4)]
+            elif kit == "electronic":
+                hits += [(tick, b + 0.5, 0.55, 0.25) for b in range(4)]
+                hits += [(tick, float(b), 0.3, 0.25) for b in range(4)]
+            else:
+                loud = 1.0 + max(0.0, e - 0.55)  # the ticks drive loud music
+                hits += [(tick, 0.5 * k, (0.45 if k % 2 == 0 else 0.3) * loud, 0.3) for k in range(8)]
+        if bip == PHRASE_BARS - 1 and e >= 0.55 and meter == 4 and kit != "soft" and not slow:
+            # A fill into the next phrase, on the beat grid's last beat only.
             hits = [h for h in hits if h[1] < 3]
-            hits += [
-                ("tom_high", 3, 0.6, 0.2),
-                ("tom_high", 3.25, 0.5, 0.2),
-                ("tom_low", 3.5, 0.65, -0.2),
-                ("tom_low", 3.75, 0.6, -0.2),
-            ]
-        scale = 0.55 + 0.5 * e
-        return [(name, 0.0, bar_beat + off, 0.1, vel * scale, pan) for name, off, vel, pan in hits]
+            hits += [(back, 3, 0.8, 0.05), ("tom_high", 3.5, 0.55, 0.2), (kick, 3, 0.7, 0.0)]
+        if bip == 0 and e >= 0.7 and kit != "soft":  # a crash opens each phrase of loud music
+            hits.append(("crash", 0, 0.7, -0.25))
+        scale = (0.55 + 0.5 * e) * st.drum_level
+        return [(name, _drum_pitch(name, st.tonic), bar_beat + off, 0.1, vel * scale, pan)
+                for name, off, vel, pan in hits]  # fmt: skip
 
     # -- rendering ------------------------------------------------------------------------------
     def _render_notes(
@@ -886,10 +989,14 @@ class ProceduralSynth:
             send[:fade] *= np.linspace(0.0, 1.0, fade, dtype=np.float32)
         rt60 = 0.9 + 2.4 * st.space
         wet = self._room.apply(send, rt60) * np.float32(0.3 + 0.55 * st.space)
-        mix = remove_dc(dry + wet)
+        mix = remove_dc(tilt(dry + wet, st.brightness))
 
-        # Master gain: glide from the previous segment's level to this description's.
-        target = _LEVEL * (0.35 + 0.75 * st.dynamics)
+        # Master gain: the loudness the dynamics ask for, whatever the arrangement (drums, a lone
+        # flute, a full band), measured on this segment's body; glide there from the previous
+        # segment's gain.
+        body = mix[:, pre : pre + frames]
+        level = float(np.sqrt(np.mean(np.square(body, dtype=np.float64)))) if body.size else 0.0
+        target = float(np.clip(loudness(st.dynamics) / max(level, 1e-4), _GAIN_MIN, _GAIN_MAX))
         g0 = anchor.gain if anchor is not None else target
         if st.arc:
             target *= 1.0 + 0.15 * st.arc
@@ -908,8 +1015,35 @@ class ProceduralSynth:
         return out, gain_end
 
 
-_LEVEL: Final = 0.55
+_GAIN_MIN: Final = 0.05
+_GAIN_MAX: Final = 4.0
+
+
+def loudness(dynamics: float) -> float:
+    """The RMS level (full scale 1) a dynamics level 0..1 is rendered at: soft 0.10, loud 0.20."""
+    return 0.045 + 0.195 * float(np.clip(dynamics, 0.0, 1.0))
+
+
 _MARGIN: Final = 4096
+
+
+def _electronic(genre: str | None) -> bool:
+    """A genre played on machines (its kit is the electronic one)."""
+    entry = mw.GENRES.get(genre or "")
+    return entry is not None and entry.kit == "electronic"
+
+
+def _drum_pitch(name: str, tonic: int) -> float:
+    """A pitched drum tuned to the key's tonic or fifth, whichever is nearer its own pitch (an
+    untuned kick adds a pitch class of its own to every key); 0 for unpitched drums."""
+    hz = DRUM_HZ.get(name)
+    if hz is None:
+        return 0.0
+    natural = 69.0 + 12.0 * math.log2(hz / 440.0)
+    cands = [
+        m for m in range(int(natural) - 12, int(natural) + 13) if m % 12 in (tonic % 12, (tonic + 7) % 12)
+    ]
+    return float(min(cands, key=lambda m: abs(m - natural)))
 
 
 def _bar_of(beat: float, meter: int) -> int:

@@ -36,11 +36,14 @@ MINOR_LIKE: Final = frozenset({"minor", "dorian", "phrygian"})
 
 # Roman numerals are relative to the *mode's* scale degrees: in minor, VI is the major chord on
 # the sixth degree of the minor scale; case gives the quality.
+# Every progression starts on the tonic chord and most return to it within the cycle, so that a
+# 10 s segment (a few bars) says its key and mode: no progression dwells on the relative key
+# (vi in major, III in minor) or on the dominant.
 PROGRESSIONS: Final[dict[str, tuple[str, ...]]] = {
-    "major": ("I V vi IV", "I vi IV V", "vi IV I V", "I IV vi V", "I iii IV V", "IV I V vi", "I IV I V",
-              "I vi ii V", "I V IV IV"),
-    "minor": ("i VI III VII", "i iv VI V", "i VII VI VII", "i VI iv V", "i iv VII III", "i III VII iv",
-              "VI VII i i", "i iv i V"),
+    "major": ("I IV V I", "I ii V I", "I V IV I", "I IV I V", "I V I IV", "I vi IV I", "I IV vi I",
+              "I vi ii V", "I iii IV I"),
+    "minor": ("i iv V i", "i VI V i", "i ii° V i", "i iv i V", "i VI iv i", "i VII VI i",
+              "i iv VI V"),
     "dorian": ("i IV i IV", "i VII IV i", "i ii III IV", "i IV VII i"),
     "phrygian": ("i II i VII", "i II VII i", "i vii II i"),
     "lydian": ("I II I II", "I II vi V", "I II iii II"),
@@ -48,8 +51,8 @@ PROGRESSIONS: Final[dict[str, tuple[str, ...]]] = {
 }  # fmt: skip
 # Calmer progressions (slow harmonic motion) preferred at low energy.
 CALM_PROGRESSIONS: Final[dict[str, tuple[str, ...]]] = {
-    "major": ("I IV I IV", "I vi IV I", "I iii vi IV", "IV I IV I"),
-    "minor": ("i VI i VI", "i iv i VI", "i VII VI VII"),
+    "major": ("I IV I IV", "I IV I V", "I V I IV", "I V IV I"),
+    "minor": ("i iv i iv", "i iv i V", "i VI iv i", "i iv VI i"),
 }
 
 _NUMERALS: Final = {"i": 0, "ii": 1, "iii": 2, "iv": 3, "v": 4, "vi": 5, "vii": 6}
@@ -108,10 +111,14 @@ def parse_numeral(numeral: str, mode: str, *, sevenths: bool = False) -> Chord:
     return Chord(root, intervals, degree)
 
 
-def choose_progression(rng: np.random.Generator, mode: str, energy: float, avoid: str | None = None) -> str:
+def choose_progression(
+    rng: np.random.Generator, mode: str, energy: float, avoid: str | None = None, *, calm: bool = False
+) -> str:
+    """A progression for ``mode``; the tonic-heavy calm ones at low energy or when ``calm`` (slow
+    music, where a segment holds only a few chords and each must say the key)."""
     options = list(PROGRESSIONS.get(mode, PROGRESSIONS["major"]))
-    if energy < 0.3 and mode in CALM_PROGRESSIONS:
-        options = list(CALM_PROGRESSIONS[mode]) + options[:3]
+    if (energy < 0.3 or calm) and mode in CALM_PROGRESSIONS:
+        options = list(CALM_PROGRESSIONS[mode]) + ([] if calm else options[:3])
     if avoid in options and len(options) > 1:
         options.remove(avoid)
     return options[int(rng.integers(len(options)))]
@@ -212,20 +219,32 @@ _RHYTHMS: Final[dict[int, dict[str, tuple[tuple[tuple[float, float], ...], ...]]
                  ((0, 0.75), (0.75, 0.75), (1.5, 0.5), (2, 1), (3, 0.5), (3.5, 0.5)),
                  ((0, 1), (1, 0.5), (1.5, 0.5), (2, 0.5), (2.5, 0.5), (3, 1)),
                  ((0, 0.5), (0.5, 1), (1.5, 0.5), (2, 0.5), (2.5, 1.5))),
+        # On the beat only: slow music, where notes between the beats would be heard as the pulse.
+        "beat": (((0, 2), (2, 2)), ((0, 3), (3, 1)), ((0, 1), (1, 1), (2, 2)), ((0, 2), (2, 1), (3, 1)),
+                 ((0, 1), (1, 1), (2, 1), (3, 1)), ((0, 4),), ((0, 1), (1, 3)), ((0, 1), (1, 2), (3, 1))),
     },
     3: {
         "low": (((0, 2), (2, 1)), ((0, 3),), ((0, 1.5), (1.5, 1.5)), ((0, 1), (1, 2))),
         "mid": (((0, 1), (1, 1), (2, 1)), ((0, 1.5), (1.5, 0.5), (2, 1)), ((0, 2), (2, 0.5), (2.5, 0.5))),
         "high": (((0, 0.5), (0.5, 0.5), (1, 1), (2, 1)), ((0, 1), (1, 0.5), (1.5, 0.5), (2, 1)),
                  ((0, 0.5), (0.5, 0.5), (1, 0.5), (1.5, 0.5), (2, 1))),
+        "beat": (((0, 2), (2, 1)), ((0, 3),), ((0, 1), (1, 2)), ((0, 1), (1, 1), (2, 1))),
     },
 }  # fmt: skip
 
 Motif = tuple[tuple[int, float, float], ...]
 
 
-def _band(energy: float) -> str:
+def _band(energy: float, sub: int = 2) -> str:
+    """Which rhythms a motif draws from: by energy, and on the beat only when ``sub`` is 1."""
+    if sub <= 1:
+        return "beat"
     return "low" if energy < 0.35 else "mid" if energy < 0.7 else "high"
+
+
+def on_grid(motif: Motif, sub: int) -> bool:
+    """True when every onset of ``motif`` falls on a multiple of 1/sub beats."""
+    return all(abs(o * sub - round(o * sub)) < 1e-6 for _, o, _ in motif)
 
 
 def _walk(rng: np.random.Generator, n: int) -> list[int]:
@@ -261,21 +280,24 @@ def _tidy(steps: list[int]) -> list[int]:
     return steps
 
 
-def new_motif(rng: np.random.Generator, meter: int, energy: float) -> Motif:
-    patterns = _RHYTHMS.get(meter, _RHYTHMS[4])[_band(energy)]
+def new_motif(rng: np.random.Generator, meter: int, energy: float, sub: int = 2) -> Motif:
+    patterns = _RHYTHMS.get(meter, _RHYTHMS[4])[_band(energy, sub)]
     rhythm = patterns[int(rng.integers(len(patterns)))]
     steps = _tidy(_walk(rng, len(rhythm)))
     return tuple((s, float(o), float(d)) for s, (o, d) in zip(steps, rhythm, strict=True))
 
 
-def mutate_motif(rng: np.random.Generator, motif: Motif, meter: int, energy: float) -> Motif:
+def mutate_motif(rng: np.random.Generator, motif: Motif, meter: int, energy: float, sub: int = 2) -> Motif:
     """One small change, so the next phrase sounds related: transpose, invert, change the ending,
     change the rhythm under the same contour, or swap two inner notes. Always differs from
-    ``motif``."""
+    ``motif``. With ``sub`` 1 the result has notes on the beat only (a motif from faster music
+    gets a beat rhythm under the same contour)."""
     if not motif:
-        return new_motif(rng, meter, energy)
+        return new_motif(rng, meter, energy, sub)
+    if not on_grid(motif, sub) or max(o + d for _, o, d in motif) > meter + 1e-9:
+        return _rerhythm(rng, motif, meter, energy, sub)
     for _ in range(6):
-        varied = _mutate_once(rng, motif, meter, energy)
+        varied = _mutate_once(rng, motif, meter, energy, sub)
         if varied != motif:
             return varied
     last = motif[-1]
@@ -283,7 +305,17 @@ def mutate_motif(rng: np.random.Generator, motif: Motif, meter: int, energy: flo
     return (*motif[:-1], (step, last[1], last[2]))
 
 
-def _mutate_once(rng: np.random.Generator, motif: Motif, meter: int, energy: float) -> Motif:
+def _rerhythm(rng: np.random.Generator, motif: Motif, meter: int, energy: float, sub: int) -> Motif:
+    """The same contour on a new rhythm from the band for (energy, sub)."""
+    steps = [m[0] for m in motif]
+    patterns = _RHYTHMS.get(meter, _RHYTHMS[4])[_band(energy, sub)]
+    rhythm = list(patterns[int(rng.integers(len(patterns)))])
+    idx = np.linspace(0, len(steps) - 1, len(rhythm)).round().astype(int)
+    new = _tidy([steps[i] for i in idx])
+    return tuple((int(s), float(o), float(d)) for s, (o, d) in zip(new, rhythm, strict=True))
+
+
+def _mutate_once(rng: np.random.Generator, motif: Motif, meter: int, energy: float, sub: int = 2) -> Motif:
     steps = [m[0] for m in motif]
     rhythm = [(m[1], m[2]) for m in motif]
     op = int(rng.integers(6))
@@ -295,10 +327,7 @@ def _mutate_once(rng: np.random.Generator, motif: Motif, meter: int, energy: flo
     elif op == 2:  # new ending
         steps[-1] = steps[-1] + int(rng.choice([-2, -1, 1, 2]))
     elif op == 3:  # new rhythm, same contour (resampled to the new length)
-        patterns = _RHYTHMS.get(meter, _RHYTHMS[4])[_band(energy)]
-        rhythm = list(patterns[int(rng.integers(len(patterns)))])
-        idx = np.linspace(0, len(steps) - 1, len(rhythm)).round().astype(int)
-        steps = [steps[i] for i in idx]
+        return _rerhythm(rng, motif, meter, energy, sub)
     elif op == 4 and len(steps) >= 3:  # swap two inner notes
         i = int(rng.integers(1, len(steps) - 1))
         j = min(len(steps) - 1, i + 1)

@@ -20,6 +20,7 @@ import numpy as np
 
 __all__ = [
     "DRUMS",
+    "DRUM_HZ",
     "VOICES",
     "Room",
     "VoiceDef",
@@ -28,6 +29,7 @@ __all__ = [
     "remove_dc",
     "render_drum",
     "render_note",
+    "tilt",
 ]
 
 SR: Final = 32000
@@ -45,15 +47,15 @@ def _gauss(f: np.ndarray, center: float, width: float) -> np.ndarray:
 
 # Harmonic recipes: amplitude of harmonic k (array) of fundamental f0, for a brightness b (0..1).
 def _piano_b(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-1.0 * _rolloff(k * f0, 5000 * (0.6 + 0.8 * b))
+    return k**-1.0 * _rolloff(k * f0, 5000 * (0.45 + 1.1 * b))
 
 
 def _piano_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-1.7 * _rolloff(k * f0, 2000 * (0.6 + 0.8 * b))
+    return k**-1.7 * _rolloff(k * f0, 2000 * (0.45 + 1.1 * b))
 
 
 def _epiano_b(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-2.2 * _rolloff(k * f0, 2600 * (0.6 + 0.8 * b)) + 0.12 * (k == 4)
+    return k**-2.2 * _rolloff(k * f0, 2600 * (0.45 + 1.1 * b)) + 0.12 * (k == 4)
 
 
 def _epiano_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
@@ -61,7 +63,7 @@ def _epiano_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
 
 
 def _guitar_b(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-1.0 * (0.15 + np.abs(np.sin(np.pi * k * 0.18))) * _rolloff(k * f0, 4200 * (0.6 + 0.8 * b))
+    return k**-1.0 * (0.15 + np.abs(np.sin(np.pi * k * 0.18))) * _rolloff(k * f0, 4200 * (0.45 + 1.1 * b))
 
 
 def _guitar_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
@@ -69,7 +71,7 @@ def _guitar_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
 
 
 def _harp_b(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-1.5 * _rolloff(k * f0, 4000 * (0.6 + 0.8 * b))
+    return k**-1.5 * _rolloff(k * f0, 4000 * (0.45 + 1.1 * b))
 
 
 def _harp_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
@@ -77,25 +79,32 @@ def _harp_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
 
 
 def _strings(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-1.0 * _rolloff(k * f0, 3500 * (0.6 + 0.8 * b))
+    return k**-1.0 * _rolloff(k * f0, 3500 * (0.45 + 1.1 * b))
 
 
 def _cello(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-1.0 * _rolloff(k * f0, 2200 * (0.6 + 0.8 * b))
+    return k**-1.0 * _rolloff(k * f0, 2200 * (0.45 + 1.1 * b))
 
 
 def _pad(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-1.3 * _rolloff(k * f0, 2000 * (0.6 + 0.8 * b))
+    return k**-1.3 * _rolloff(k * f0, 2000 * (0.45 + 1.1 * b))
 
 
 def _choir(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    f = k * f0
-    formants = _gauss(f, 720, 140) + 0.55 * _gauss(f, 1150, 170) + 0.22 * _gauss(f, 2600, 260) + 0.06
-    return k**-0.5 * formants * _rolloff(f, 4000)
+    f = k * f0  # vowel formants colour the harmonics; the fundamental stays the strongest, so the
+    # pitch heard (and its chroma) is the note sung, not a formant's harmonic
+    formants = _gauss(f, 720, 160) + 0.55 * _gauss(f, 1150, 190) + 0.22 * _gauss(f, 2600, 280)
+    return k**-1.1 * (0.55 + formants) * _rolloff(f, 4000)
+
+
+def _voice(k: np.ndarray, f0: float, b: float) -> np.ndarray:
+    f = k * f0  # an open "ah": formants near 800, 1200 and 2800 Hz
+    formants = _gauss(f, 800, 140) + 0.6 * _gauss(f, 1200, 170) + 0.3 * _gauss(f, 2800, 280)
+    return k**-1.1 * (0.5 + formants) * _rolloff(f, 3500 * (0.45 + 1.1 * b))
 
 
 def _brass_b(k: np.ndarray, f0: float, b: float) -> np.ndarray:
-    return k**-0.9 * _rolloff(k * f0, 3000 * (0.6 + 0.8 * b))
+    return k**-0.9 * _rolloff(k * f0, 3000 * (0.45 + 1.1 * b))
 
 
 def _brass_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
@@ -113,7 +122,7 @@ def _flute(k: np.ndarray, f0: float, b: float) -> np.ndarray:
 
 def _synth_b(k: np.ndarray, f0: float, b: float) -> np.ndarray:
     odd = (k % 2 == 1) + 0.3 * (k % 2 == 0)
-    return odd * k**-1.0 * _rolloff(k * f0, 3000 * (0.6 + 0.8 * b))
+    return odd * k**-1.0 * _rolloff(k * f0, 3000 * (0.45 + 1.1 * b))
 
 
 def _synth_d(k: np.ndarray, f0: float, b: float) -> np.ndarray:
@@ -128,6 +137,10 @@ def _organ(k: np.ndarray, f0: float, b: float) -> np.ndarray:
 
 def _bass(k: np.ndarray, f0: float, b: float) -> np.ndarray:
     return k**-1.7 * _rolloff(k * f0, 650 * (0.7 + 0.6 * b))
+
+
+def _pbass_b(k: np.ndarray, f0: float, b: float) -> np.ndarray:
+    return k**-1.1 * _rolloff(k * f0, 2400 * (0.45 + 1.1 * b))
 
 
 @dataclass(frozen=True)
@@ -150,6 +163,8 @@ class VoiceDef:
     spread: float = 0.0
     vibrato: tuple[float, float, float] = (0.0, 5.0, 0.3)  # cents, Hz, delay s
     breath: float = 0.0
+    click: float = 0.0
+    """Level of the finger or hammer noise at the onset (a plucked string's attack)."""
     gain: float = 1.0
     send: float = 0.3
 
@@ -158,24 +173,28 @@ VOICES: Final[dict[str, VoiceDef]] = {
     v.name: v
     for v in (
         VoiceDef("piano", "pluck", _piano_b, _piano_d, attack=0.003, release=0.12, tau=2.4, tau_exp=0.6,
-                 morph=0.5, gain=0.95, send=0.32),
+                 morph=0.5, click=0.06, gain=0.95, send=0.32),
         VoiceDef("epiano", "pluck", _epiano_b, _epiano_d, attack=0.004, release=0.15, tau=2.6, tau_exp=0.5,
                  morph=0.5, detune=(-3.0, 3.0), spread=0.3, gain=0.9, send=0.3),
         VoiceDef("guitar", "pluck", _guitar_b, _guitar_d, attack=0.002, release=0.1, tau=1.4, tau_exp=0.5,
-                 morph=0.15, gain=0.9, send=0.28),
+                 morph=0.15, click=0.1, gain=0.9, send=0.28),
         VoiceDef("harp", "pluck", _harp_b, _harp_d, attack=0.003, release=0.3, tau=2.3, tau_exp=0.5,
-                 morph=0.25, gain=0.85, send=0.4),
+                 morph=0.25, click=0.08, gain=0.85, send=0.4),
         VoiceDef("pizz", "pluck", _strings, _cello, attack=0.004, release=0.08, tau=0.35, tau_exp=0.3,
-                 morph=0.08, gain=0.9, send=0.35),
+                 morph=0.08, click=0.1, gain=0.9, send=0.35),
         VoiceDef("bells", "bell", None, attack=0.002, release=0.4, tau=3.0, tau_exp=0.3, gain=1.0, send=0.5),
         VoiceDef("strings", "sustain", _strings, attack=0.25, decay=0.4, sustain=0.85, release=0.45,
                  detune=(-7.0, 0.0, 7.0), spread=0.5, vibrato=(9.0, 5.3, 0.25), gain=0.9, send=0.45),
+        VoiceDef("spicc", "sustain", _strings, attack=0.025, decay=0.12, sustain=0.55, release=0.09,
+                 detune=(-5.0, 5.0), spread=0.4, gain=0.9, send=0.4),
         VoiceDef("cello", "sustain", _cello, attack=0.16, decay=0.4, sustain=0.85, release=0.45,
                  detune=(-4.0, 4.0), spread=0.2, vibrato=(11.0, 5.0, 0.25), gain=1.0, send=0.4),
         VoiceDef("pad", "sustain", _pad, attack=0.9, decay=1.0, sustain=0.9, release=1.6,
                  detune=(-10.0, 0.0, 10.0), spread=0.8, gain=0.85, send=0.5),
         VoiceDef("choir", "sustain", _choir, attack=0.45, decay=0.5, sustain=0.9, release=0.7,
                  detune=(-6.0, 6.0), spread=0.5, vibrato=(16.0, 4.8, 0.2), gain=0.85, send=0.55),
+        VoiceDef("voice", "sustain", _voice, attack=0.05, decay=0.3, sustain=0.85, release=0.2,
+                 vibrato=(22.0, 5.6, 0.25), breath=0.015, gain=0.9, send=0.4),
         VoiceDef("brass", "sustain", _brass_b, _brass_d, attack=0.06, decay=0.35, sustain=0.8, release=0.25,
                  morph=0.45, detune=(-4.0, 4.0), spread=0.2, vibrato=(6.0, 5.0, 0.4), gain=0.8, send=0.4),
         VoiceDef("flute", "sustain", _flute, attack=0.06, decay=0.2, sustain=0.85, release=0.12,
@@ -184,6 +203,8 @@ VOICES: Final[dict[str, VoiceDef]] = {
                  morph=0.25, detune=(-6.0, 6.0), spread=0.4, gain=0.7, send=0.35),
         VoiceDef("organ", "sustain", _organ, attack=0.02, decay=0.1, sustain=1.0, release=0.08,
                  detune=(0.0, 1.5), spread=0.3, gain=0.7, send=0.35),
+        VoiceDef("pbass", "pluck", _pbass_b, _bass, attack=0.003, release=0.12, tau=1.6, tau_exp=0.3,
+                 morph=0.06, click=0.25, gain=1.15, send=0.1),
         VoiceDef("bass", "sustain", _bass, attack=0.008, decay=0.35, sustain=0.55, release=0.09,
                  gain=1.1, send=0.08),
     )
@@ -252,6 +273,18 @@ def note_extent(voice: str, midi: float, length: int) -> int:
     return max(64, min(natural, damped))
 
 
+_CLICK_N: Final = int(0.03 * SR)
+
+
+@functools.lru_cache(maxsize=1)
+def _click_noise() -> np.ndarray:
+    """30 ms of 1-9 kHz noise decaying in about 6 ms: a finger on a string, a hammer on felt."""
+    rng = np.random.default_rng(13)
+    t = np.arange(_CLICK_N) / SR
+    burst = _band_noise(rng, _CLICK_N, 1000.0, 9000.0) * np.exp(-t / 0.006) * np.clip(t / 0.0008, 0, 1)
+    return burst.astype(np.float32)
+
+
 @functools.lru_cache(maxsize=64)
 def _breath_noise() -> np.ndarray:
     rng = np.random.default_rng(11)
@@ -281,7 +314,7 @@ def render_note(
     """Add one note to ``out`` (2, n) and the reverb ``send`` (n,), both starting at absolute
     sample ``win_start``. The part of the note outside the window is skipped."""
     if voice in DRUMS:
-        render_drum(voice, start, vel, pan, seed, out, send, win_start, send_scale=send_scale)
+        render_drum(voice, start, vel, pan, seed, out, send, win_start, midi=midi, send_scale=send_scale)
         return
     v = VOICES[voice]
     extent = note_extent(voice, midi, length)
@@ -384,6 +417,12 @@ def render_note(
     envf = _upsample(env * np.float32(1.0 / math.sqrt(ndet)), n)
     left = sig_l * envf
     right = sig_r * envf
+    if v.click > 0 and off < _CLICK_N:  # the attack noise, on the first samples only
+        k = min(n, _CLICK_N - off)
+        burst = _click_noise()[off : off + k] * np.float32(v.click * vel * v.gain)
+        gl, gr = _pan_gains(pan)
+        left[:k] += burst * gl
+        right[:k] += burst * gr
     out[0, sl] += left
     out[1, sl] += right
     send[sl] += (left + right) * np.float32(0.5 * v.send * send_scale)
@@ -405,21 +444,22 @@ DRUMS: Final = (
     "rim",
     "hat",
     "hat_open",
+    "crash",
     "shaker",
     "tom_low",
     "tom_high",
 )
 _DRUM_SECONDS: Final = {
     "kick": 0.6, "kick_soft": 0.5, "snare": 0.45, "brush": 0.4, "rim": 0.12, "hat": 0.15, "hat_open": 0.5,
-    "shaker": 0.2, "tom_low": 0.9, "tom_high": 0.6,
+    "crash": 1.2, "shaker": 0.2, "tom_low": 0.9, "tom_high": 0.6,
 }  # fmt: skip
 _DRUM_GAIN: Final = {
-    "kick": 0.8, "kick_soft": 0.75, "snare": 0.38, "brush": 0.45, "rim": 0.18, "hat": 0.14, "hat_open": 0.1,
-    "shaker": 0.3, "tom_low": 0.7, "tom_high": 0.45,
+    "kick": 0.8, "kick_soft": 0.75, "snare": 0.75, "brush": 0.45, "rim": 0.18, "hat": 0.16, "hat_open": 0.1,
+    "crash": 0.16, "shaker": 0.5, "tom_low": 0.7, "tom_high": 0.45,
 }  # fmt: skip
 _DRUM_SEND: Final = {
     "kick": 0.05, "kick_soft": 0.08, "snare": 0.3, "brush": 0.3, "rim": 0.3, "hat": 0.15, "hat_open": 0.2,
-    "shaker": 0.2, "tom_low": 0.35, "tom_high": 0.35,
+    "crash": 0.3, "shaker": 0.2, "tom_low": 0.35, "tom_high": 0.35,
 }  # fmt: skip
 
 
@@ -435,23 +475,27 @@ def _band_noise(rng: np.random.Generator, n: int, lo: float, hi: float) -> np.nd
     return out / (np.sqrt(np.mean(out**2)) or 1.0)
 
 
-@functools.lru_cache(maxsize=64)
-def _drum_sample(name: str, variant: int) -> np.ndarray:
+DRUM_HZ: Final = {"kick": 50.0, "kick_soft": 55.0, "snare": 185.0, "tom_low": 68.0, "tom_high": 118.0}
+"""The pitched drums and their untuned fundamentals (the planner tunes them to the key)."""
+
+
+@functools.lru_cache(maxsize=96)
+def _drum_sample(name: str, variant: int, tune: float = 1.0) -> np.ndarray:
     rng = np.random.default_rng(1000 + 17 * variant + DRUMS.index(name))
     n = _drum_len(name)
     t = np.arange(n) / SR
-    detune = 1.0 + 0.02 * (variant - 1.5) / 1.5
+    detune = tune * (1.0 + 0.004 * (variant - 1.5) / 1.5)
     if name in ("kick", "kick_soft"):
         soft = name == "kick_soft"
         f = (50.0 if not soft else 55.0) * detune + (85.0 if not soft else 45.0) * np.exp(-t / 0.035)
         phase = np.cumsum(f) / SR
-        body = np.sin(2 * np.pi * phase) * np.exp(-t / (0.3 if not soft else 0.22))
-        click = 0.0 if soft else 0.08 * _band_noise(rng, n, 800, 4000) * np.exp(-t / 0.004)
+        body = np.sin(2 * np.pi * phase) * np.exp(-t / (0.17 if not soft else 0.2))
+        click = 0.0 if soft else 0.2 * _band_noise(rng, n, 800, 6000) * np.exp(-t / 0.005)
         s = body + click
     elif name == "snare":
         tone = 0.55 * np.sin(2 * np.pi * 185 * detune * t) * np.exp(-t / 0.07)
         tone += 0.25 * np.sin(2 * np.pi * 320 * detune * t) * np.exp(-t / 0.045)
-        s = tone + 0.5 * _band_noise(rng, n, 900, 5500) * np.exp(-t / 0.11)
+        s = tone + 0.75 * _band_noise(rng, n, 900, 7000) * np.exp(-t / 0.12)
     elif name == "brush":
         env = np.clip(t / 0.025, 0, 1) * np.exp(-t / 0.14)
         s = _band_noise(rng, n, 700, 4500) * env
@@ -459,13 +503,15 @@ def _drum_sample(name: str, variant: int) -> np.ndarray:
         s = (np.sin(2 * np.pi * 820 * detune * t) + 0.4 * np.sin(2 * np.pi * 1370 * detune * t)) * np.exp(
             -t / 0.022
         )
+    elif name == "crash":
+        s = _band_noise(rng, n, 3000, 12000) * np.exp(-t / 0.45) * np.clip(t / 0.002, 0, 1)
     elif name in ("hat", "hat_open"):
         s = _band_noise(rng, n, 6000, 11000) * np.exp(-t / (0.035 if name == "hat" else 0.16))
     elif name == "shaker":
         s = _band_noise(rng, n, 3500, 9000) * np.clip(t / 0.018, 0, 1) * np.exp(-t / 0.05)
     elif name == "tom_low":
         f = 68.0 * detune + 30.0 * np.exp(-t / 0.06)
-        s = np.sin(2 * np.pi * np.cumsum(f) / SR) * np.exp(-t / 0.42)
+        s = np.sin(2 * np.pi * np.cumsum(f) / SR) * np.exp(-t / 0.3)
         s += 0.15 * _band_noise(rng, n, 100, 900) * np.exp(-t / 0.03)
     else:  # tom_high
         f = 118.0 * detune + 40.0 * np.exp(-t / 0.05)
@@ -488,9 +534,14 @@ def render_drum(
     send: np.ndarray,
     win_start: int,
     *,
+    midi: float = 0.0,
     send_scale: float = 1.0,
 ) -> None:
-    sample = _drum_sample(name, seed % 4)
+    """One drum hit; a pitched drum (kick, snare, toms) is tuned to ``midi`` when it is above 0."""
+    tune = 1.0
+    if midi > 0 and name in DRUM_HZ:
+        tune = round(midi_hz(midi) / DRUM_HZ[name], 4)
+    sample = _drum_sample(name, seed % 4, tune)
     n_win = out.shape[1]
     i0 = max(start, win_start)
     i1 = min(start + sample.shape[0], win_start + n_win)
@@ -575,6 +626,23 @@ def _fast_len(n: int) -> int:
 
 
 # --- master ---------------------------------------------------------------------------------
+
+
+def tilt(x: np.ndarray, brightness: float, pivot_hz: float = 900.0) -> np.ndarray:
+    """Tilt the spectrum of (2, n) around ``pivot_hz``: brightness 0.5 leaves it as it is, 1 lifts
+    the highs and lowers the lows by about 2.4 dB per octave, 0 the reverse (dark music sounds
+    darker, bright music brighter). Zero-phase, applied in the frequency domain."""
+    slope = float(np.clip(brightness, 0.0, 1.0) - 0.5) * 0.8  # amplitude exponent per octave / ln 2
+    if abs(slope) < 0.02:
+        return x
+    n = x.shape[1]
+    pad = 1024  # keep the circular wrap of the edges out of the signal
+    nfft = _fast_len(n + pad)
+    f = np.fft.rfftfreq(nfft, 1.0 / SR)
+    gain = np.clip((np.maximum(f, 40.0) / pivot_hz) ** slope, 0.25, 4.0).astype(np.float32)
+    spec = np.fft.rfft(x.astype(np.float32, copy=False), nfft, axis=1)
+    spec *= gain[None, :]
+    return np.fft.irfft(spec, nfft, axis=1)[:, :n].astype(np.float32)
 
 
 def remove_dc(x: np.ndarray, window: int = 2048) -> np.ndarray:
