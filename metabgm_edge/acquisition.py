@@ -18,7 +18,9 @@ import threading
 import time
 from typing import Final, Protocol
 
-from metabgm_edge.characterize import COMBAT_HOLD_S, in_combat
+import msgspec
+
+from metabgm_edge.characterize import COMBAT_HOLD_S, UNKNOWN_BIOMES, in_combat, scene_change, scene_words
 from metabgm_edge.sources import LiveSource, Source
 from metabgm_edge.state import SceneState, Window
 
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 MIN_INTERVAL: Final = 2.0
 MAX_INTERVAL: Final = 60.0
+DIMENSION_BIOMES: Final = {"the_nether": "nether_wastes", "the_end": "the_end", "overworld": "plains"}
+"""The biome a dimension is taken to be in while the sender cannot say (see Aggregator.known)."""
 HEALTH_ALARM: Final = 0.3
 """Fraction of max health under which a fall counts as a sharp change."""
 MIN_TRANSITION_GAP: Final = 2.0
@@ -82,6 +86,11 @@ class Aggregator:
         self._previous: SceneState | None = None
         self._reference: tuple[SceneState, bool] | None = None
         """The scene now playing: the last segment handed off, or the first state seen."""
+        self._known_biome: tuple[str, str] | None = None
+        """(dimension, biome) of the last state that named its biome."""
+        self._words: list[str] | None = None
+        """The latest sample's scene in words, and since when it has been so."""
+        self._words_since = start
         self._reset(start)
 
     def _reset(self, start: float) -> None:
@@ -94,8 +103,23 @@ class Aggregator:
         self.biomes: list[str] = []
         self.attackers: list[str] = []
 
+    def known(self, state: SceneState) -> SceneState:
+        """``state`` with an unknown biome ("unknown", as a connector sends during a dimension
+        change) replaced by the last biome named in the same dimension, else the dimension's usual
+        one, so it is neither counted as a biome visited nor put in a prompt."""
+        biome, dimension = state.scene.biome, state.scene.dimension
+        if biome.strip().lower() not in UNKNOWN_BIOMES:
+            self._known_biome = (dimension, biome)
+            return state
+        if self._known_biome is not None and self._known_biome[0] == dimension:
+            fill = self._known_biome[1]
+        else:
+            fill = DIMENSION_BIOMES.get(dimension, "plains")
+        return msgspec.structs.replace(state, scene=msgspec.structs.replace(state.scene, biome=fill))
+
     def observe(self, state: SceneState, t: float) -> None:
         """Fold a state into the window's events (every message of a live source passes here)."""
+        state = self.known(state)
         self.lowest_health = min(self.lowest_health, state.health.value)
         prev = self._previous
         if prev is not None and state.health.value < prev.health.value:
@@ -114,10 +138,14 @@ class Aggregator:
         """One sample. ``observed`` means :meth:`observe` already saw this state."""
         if not observed:
             self.observe(state, t)
+        state = self.known(state)
         self.samples += 1
         self.latest = state
         if self._reference is None:
             self._reference = (state, self.combat_at(t))
+        words = scene_words(state, self.combat_at(t))
+        if words != self._words:
+            self._words, self._words_since = words, t
 
     def combat_at(self, t: float) -> bool:
         return self._last_combat is not None and t - self._last_combat <= COMBAT_HOLD_S
@@ -154,6 +182,14 @@ class Aggregator:
     def peek(self, t: float, trigger: str) -> Window:
         """The window so far as a segment, without ending it (the ``start`` prelude)."""
         assert self.latest is not None
+        change = changed_at = None
+        if self._reference is not None and self._words is not None:
+            playing, playing_combat = self._reference
+            change = scene_change(scene_words(playing, playing_combat), self._words)
+            if change is not None:
+                changed_at = self._words_since
+            elif trigger not in ("interval", "start", "end"):  # a sharp change words cannot show
+                change, changed_at = trigger.replace("_", " "), t
         seg = Window(
             index=self.index,
             start=self.start,
@@ -167,6 +203,8 @@ class Aggregator:
             biomes=list(self.biomes),
             attackers=list(self.attackers),
             trigger=trigger,
+            change=change,
+            changed_at=changed_at,
         )
         self.index += 1
         return seg

@@ -89,6 +89,48 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+UNKNOWN_BIOMES: Final = frozenset({"", "unknown", "none", "null", "void"})
+"""Biome names that say the sender does not know the biome (a connector during a dimension change)."""
+DIMENSION_NAMES: Final = {
+    "the_nether": "the nether",
+    "nether": "the nether",
+    "the_end": "the end",
+    "end": "the end",
+}
+
+
+def underground(state: SceneState) -> bool:
+    """Under solid ground in the overworld: the sky (time of day, weather) is out of sight."""
+    return state.scene.dimension == "overworld" and state.position.depth > 0
+
+
+def scene_words(state: SceneState, combat: bool) -> list[str]:
+    """The scene as a listener would name it, in a few words: biome, then time of day and weather
+    under the open sky, "underground" under the ground, the dimension elsewhere (the Nether and
+    the End have no day or weather), and "combat"."""
+    words = [state.scene.biome]
+    if state.scene.dimension != "overworld":
+        words.append(DIMENSION_NAMES.get(state.scene.dimension, state.scene.dimension.replace("_", " ")))
+    elif underground(state):
+        words.append("underground")
+    else:
+        words += [state.time.resolved_phase(), state.weather.state]
+    if combat:
+        words.append("combat")
+    return words
+
+
+def scene_change(before: list[str], after: list[str]) -> str | None:
+    """What changed between two :func:`scene_words` lists, in words ("night, rain"); None if nothing."""
+    if before == after:
+        return None
+    new = [w for w in after if w not in before]
+    gone = [w for w in before if w not in after]
+    if not new and gone:
+        return "no " + ", no ".join(gone)
+    return ", ".join(new)
+
+
 def in_combat(state: SceneState) -> bool:
     near = any(h.distance <= COMBAT_RANGE for h in state.hostiles)
     hit = (
@@ -119,7 +161,9 @@ def temperature_feel(value: float) -> str:
 
 def scene_data(state: SceneState, segment: Window | None = None) -> dict[str, Any]:
     """The paper's scene data dictionary for one snapshot, with a segment's aggregates if given."""
-    scene: dict[str, Any] = {"Biome": state.scene.biome, "Dimension": state.scene.dimension}
+    scene: dict[str, Any] = {"Dimension": state.scene.dimension}
+    if state.scene.biome.lower() not in UNKNOWN_BIOMES:
+        scene = {"Biome": state.scene.biome, **scene}
     health: dict[str, Any] = {"Health": state.health.value, "Max Health": state.health.max}
     if segment is not None:
         if len(segment.biomes) > 1:
@@ -147,7 +191,7 @@ def scene_data(state: SceneState, segment: Window | None = None) -> dict[str, An
             attacked["Attacker"] = state.attacked.attacker
     elif segment is not None and segment.attackers:
         attacked = {"Attackers This Segment": list(segment.attackers)}
-    return {
+    data: dict[str, Any] = {
         "Scene": scene,
         "Time": time,
         "Weather": weather,
@@ -160,3 +204,8 @@ def scene_data(state: SceneState, segment: Window | None = None) -> dict[str, An
         "Hostile Entity": hostiles,
         "Being Attacked": attacked,
     }
+    # The Nether and the End have no day or weather: those groups would tell the stages about a sky
+    # that is not there. (Under the ground they stay: a narrative may say what happens above.)
+    if state.scene.dimension != "overworld":
+        del data["Time"], data["Weather"]
+    return data

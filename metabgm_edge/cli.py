@@ -17,6 +17,7 @@ from metabgm_edge.dataset.cli import dataset
 from metabgm_edge.errors import MetabgmError
 from metabgm_edge.evaluation.cli import eval_command
 from metabgm_edge.export.cli import export
+from metabgm_edge.state import printable
 from metabgm_edge.train.cli import finetune
 
 if TYPE_CHECKING:
@@ -57,12 +58,46 @@ main.add_command(eval_command, "eval")
 
 
 def run() -> None:
-    """Console entry point: library errors become one clear line and exit status 2."""
+    """Console entry point: library errors become one clear line (``Error: ...``, as click words
+    usage errors) and exit status 2; a file the system refuses (OSError) is named in one line too."""
     try:
         main(standalone_mode=True)
     except MetabgmError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"Error: {printable(str(exc))}", err=True)
         sys.exit(2)
+    except OSError as exc:
+        log.debug("OSError", exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        click.echo(f"Error: {printable(where + (exc.strerror or str(exc)))}", err=True)
+        sys.exit(1)
+
+
+def _writable(path: str | None, option: str) -> None:
+    """Refuse, before anything starts, an output path that cannot be written (one line)."""
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise click.BadParameter(f"{path} is a folder; give a file name", param_hint=option)
+    parent = target.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create the folder {parent}: {exc.strerror or exc}", param_hint=option
+        ) from None
+    existed = target.exists()
+    try:
+        with target.open("ab"):
+            pass
+    except OSError as exc:
+        raise click.BadParameter(f"cannot write {path}: {exc.strerror or exc}", param_hint=option) from None
+    if not existed:
+        target.unlink(missing_ok=True)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 # -- schema ---------------------------------------------------------------------------------------
@@ -148,6 +183,8 @@ AUDIO_HELP = (
     "Audio backend: auto (a MusicGen bundle in engines/ that keeps up here, else synth), synth, or a "
     "MusicGen bundle folder."
 )
+MODE_HELP = "two-stage: narrative, then description (the paper's method); direct: the description at once."
+SEED_HELP = "Seed for the simulator, the text backend and the music (the same seed plays the same)."
 
 
 @main.command()
@@ -165,7 +202,8 @@ AUDIO_HELP = (
 @click.option(
     "--interval", default=10.0, show_default=True, type=INTERVAL, help="With --source: segment length (s)."
 )
-@click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
+@click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True,
+              help=MODE_HELP)  # fmt: skip
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
 @click.option("--seed", default=0, show_default=True, help="Seed for the simulator and the text backend.")
@@ -189,12 +227,19 @@ def describe(
     from metabgm_edge.stages import describe as run_describe
     from metabgm_edge.state import parse_message
 
+    ctx = click.get_current_context()
+    if source is not None and scene is not None:
+        raise click.UsageError("give either a SCENE.json file or --source, not both")
+    if source is None:
+        given = [f"--{n}" for n in ("segments", "interval") if ctx.get_parameter_source(n).name != "DEFAULT"]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} only apply with --source")
     stage_mode = cast("Mode", mode)
     profile = load_profile(profile_path)
+    if source is None and scene is None:
+        raise click.UsageError("give a SCENE.json file, '-' for stdin, or --source")
     backend = open_text(text_spec)
     if source is None:
-        if scene is None:
-            raise click.UsageError("give a SCENE.json file, '-' for stdin, or --source")
         state, _ = parse_message(scene.read())
         result = run_describe(state, backend, mode=stage_mode, profile=profile, seed=seed)
         if as_json:
@@ -202,11 +247,11 @@ def describe(
             return
         click.echo("characterized:")
         for line in result.info_str.splitlines():
-            click.echo(f"  {line}")
+            click.echo(f"  {printable(line)}")
         if result.narrative is not None:
-            click.echo(f"narrative ({result.timings['narrative']:.3f} s):\n  {result.narrative}")
+            click.echo(f"narrative ({result.timings['narrative']:.3f} s):\n  {printable(result.narrative)}")
         step = "description" if mode == "two-stage" else "direct"
-        click.echo(f"description ({result.timings[step]:.3f} s):\n  {result.description}")
+        click.echo(f"description ({result.timings[step]:.3f} s):\n  {printable(result.description)}")
         return
 
     from metabgm_edge.acquisition import Acquisition, FastClock, RealClock
@@ -230,7 +275,7 @@ def describe(
             times = ", ".join(f"{k} {v:.3f} s" for k, v in result.timings.items() if k != "characterize")
             click.echo(
                 f"[{seg.index:3d}] {seg.start:6.1f}-{seg.end:6.1f} s {seg.trigger:<12} {where:<36} "
-                f"| {result.description} ({times})"
+                f"| {printable(result.description)} ({times})"
             )
     finally:
         acq.stop()
@@ -240,18 +285,22 @@ def describe(
 
 
 def _scene_words(state: Any, combat: bool) -> str:
-    """ "forest, night, rain, combat": one segment's scene in a line of output."""
-    words = f"{state.scene.biome}, {state.time.resolved_phase()}, {state.weather.state}"
-    return words + (", combat" if combat else "")
+    """ "forest, night, rain, combat", "dripstone_caves, underground", "nether_wastes, the nether":
+    one segment's scene in a line of output (strings from the game made printable)."""
+    from metabgm_edge.characterize import scene_words
+
+    return printable(", ".join(scene_words(state, combat)))
 
 
 def _print_segment(rec: Any) -> None:
     where = _scene_words(rec.state, rec.combat)
     flags = f" [{', '.join(rec.fallbacks)}]" if rec.fallbacks else ""
     late = " LATE" if rec.missed_deadline else ""
+    heard = f", heard at {rec.audible_at:.1f} s" if rec.audible_at is not None else ""
+    lag = f", {rec.lag:.1f} s after the change" if rec.lag is not None else ""
     click.echo(
-        f"[{rec.index:3d}] {rec.end:7.1f} s {rec.trigger:<12} {where:<34} | {rec.description} "
-        f"({rec.timings['total']:.2f} s, {rec.join}){late}{flags}"
+        f"[{rec.index:3d}] {rec.end:7.1f} s {rec.trigger:<12} {where:<34} | {printable(rec.description)} "
+        f"({rec.timings['total']:.2f} s, {rec.join}{heard}{lag}){late}{flags}"
     )
 
 
@@ -266,16 +315,17 @@ def _print_segment(rec: Any) -> None:
 @click.option("--duration", type=POSITIVE, help="Stop after this many seconds (default: until Ctrl-C).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write exactly what plays to this WAV.")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Session log (JSONL).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help=SEED_HELP)
 @click.option("--fast", is_flag=True, help="No device: render faster than real time into --out.")
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
 @click.option("--audio", "audio_spec", default="auto", show_default=True, help=AUDIO_HELP)
 @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), help=PROFILE_HELP)
-@click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
+@click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True,
+              help=MODE_HELP)  # fmt: skip
 @click.option(
     "--deadline",
     type=click.FloatRange(0.5, 120.0),
-    help="Seconds from state to queued audio per segment [interval].",
+    help="Seconds a segment's text and audio may take before the fallbacks take over [interval].",
 )
 @click.option(
     "--crossfade",
@@ -326,7 +376,8 @@ def play(
     device: str | None,
     if_slow: str,
 ) -> None:
-    """Play a live soundtrack for SOURCE (Ctrl-C stops; the WAV and log stay valid).
+    """Play a live soundtrack for the game state from --source (Ctrl-C stops; the WAV and log
+    stay valid).
 
     With nothing configured: the simulated tour, the composer rules and the embedded synthesizer,
     on the default output device; on a machine without one, into --out or metabgm-edge-TIME.wav.
@@ -335,6 +386,14 @@ def play(
     from metabgm_edge.scheduler import PlayOptions, Session
     from metabgm_edge.sources import open_source
 
+    if sample_period > interval:
+        raise click.BadParameter(
+            f"{sample_period:g} s is longer than the interval ({interval:g} s)", param_hint="--sample-period"
+        )
+    if fast and device is not None:
+        raise click.UsageError("--fast plays on no device; drop --device")
+    _writable(out, "--out")
+    _writable(log_path, "--log")
     src = open_source(source, seed=seed)
     if fast and src.live:
         raise click.UsageError(f"--fast needs a simulated or replayed source; {source} is live")
@@ -342,10 +401,15 @@ def play(
         raise click.UsageError("--fast with a simulated source needs --duration (it never ends)")
     if fast and out is None:
         log.warning("--fast without --out: the audio is rendered and discarded (use it to time the pipeline)")
-    if not fast and out is None:
+    if not fast:
         from metabgm_edge.playback.sinks import probe_output
 
-        if probe_output(_device(device)) is not None:
+        reason = probe_output(_device(device))
+        if reason is not None and device is not None:
+            raise click.BadParameter(
+                f"{reason}; `metabgm-edge doctor` lists the devices", param_hint="--device"
+            )
+        if reason is not None and out is None:
             # No speakers: keep the music anyway, in a file to play later (the sink says so, once).
             out = time.strftime("metabgm-edge-%Y%m%d-%H%M%S.wav")
     options = PlayOptions(
@@ -363,10 +427,16 @@ def play(
         click.echo(f"Minecraft: join {host}:{port} (Multiplayer > Direct Connection) to play with music")
     stats = session.run()
     fb = ", ".join(f"{k} {v}" for k, v in sorted(stats.fallbacks.items())) or "none"
+    rejected = sum(stats.rejected.values())
+    rej = ""
+    if stats.received or rejected:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.rejected.items())) or "none"
+        rej = f"; {_plural(stats.received, 'message')} received, {rejected} rejected ({reasons})"
     click.echo(
-        f"played {stats.seconds:.1f} s in {stats.segments} segments on {stats.sink}: "
-        f"{stats.deadline_misses} deadline misses, fallbacks: {fb}, {stats.underruns} underruns, "
-        f"{stats.starvations} starvations" + (f"; wrote {out}" if out else "")
+        f"played {stats.seconds:.1f} s in {_plural(stats.segments, 'segment')} on {stats.sink}: "
+        f"{_plural(stats.deadline_misses, 'deadline miss').replace('misss', 'misses')}, fallbacks: {fb}, "
+        f"{_plural(stats.underruns, 'underrun')}, {_plural(stats.starvations, 'starvation')}{rej}"
+        + (f"; wrote {out}" if out else "")
     )
 
 
@@ -381,7 +451,10 @@ def _device(spec: str | None) -> int | str | None:
 
 @main.command()
 @click.argument("description")
-@click.option("--seconds", default=10.0, show_default=True, help="Length of the audio (0.5-120 s).")
+@click.option(
+    "--duration", "--seconds", "seconds", default=10.0, show_default=True, type=click.FloatRange(0.5, 120.0),
+    help="Length of the audio in seconds (0.5-120).",
+)  # fmt: skip
 @click.option("--audio", "audio_spec", default="auto", show_default=True, help=AUDIO_HELP)
 @click.option(
     "--continue-from",
@@ -389,7 +462,7 @@ def _device(spec: str | None) -> int | str | None:
     type=click.Path(exists=True, dir_okay=False),
     help="A WAV written by `render` or `play --out`: continue its music (its melodic anchor).",
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help=SEED_HELP)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="WAV file to write.")
 def render(
     description: str, seconds: float, audio_spec: str, previous: str | None, seed: int, out: str
@@ -402,8 +475,11 @@ def render(
     from metabgm_edge.audio import render as render_audio
     from metabgm_edge.playback.wav import read_wav, write_wav
 
-    if not 0.5 <= seconds <= 120.0:
-        raise click.BadParameter("must be between 0.5 and 120 seconds", param_hint="--seconds")
+    if not description.strip():
+        raise click.BadParameter(
+            "the description is empty; say what the music should be", param_hint="DESCRIPTION"
+        )
+    _writable(out, "--out")
     backend = open_audio(audio_spec, realtime=False)
     anchor = context = None
     if previous is not None:
@@ -411,16 +487,19 @@ def render(
             recorded, info = read_wav(previous)
             anchor, context = continue_from(backend, info.metadata, recorded, info.sample_rate)
         except ValueError as exc:
-            raise click.BadParameter(f"{previous}: {exc}", param_hint="--continue-from") from None
+            raise click.BadParameter(str(exc), param_hint="--continue-from") from None
     t0 = time.perf_counter()
     request = AudioRequest(
         description=description, seconds=seconds, seed=seed, anchor=anchor, context=context
     )
     audio, next_anchor = render_audio(backend, request)
     took = time.perf_counter() - t0
-    write_wav(
-        out, audio, backend.sample_rate, metadata=anchor_to_metadata(next_anchor) if next_anchor else None
-    )
+    try:
+        write_wav(
+            out, audio, backend.sample_rate, metadata=anchor_to_metadata(next_anchor) if next_anchor else None
+        )
+    except OSError as exc:
+        raise MetabgmError(f"cannot write {out}: {exc.strerror or exc}") from None
     summary = f"; next: {next_anchor.summary()}" if next_anchor is not None else ""
     click.echo(
         f"wrote {out}: {audio.shape[0] / backend.sample_rate:.1f} s in {took:.2f} s "
@@ -435,8 +514,9 @@ def render(
 @click.argument("source")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="JSONL file to write.")
 @click.option("--duration", type=POSITIVE, help="Stop after this many seconds (default: Ctrl-C).")
-@click.option("--sample-period", default=1.0, show_default=True, type=click.FloatRange(0.05, 60.0))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--sample-period", default=1.0, show_default=True, type=click.FloatRange(0.05, 60.0),
+              help="How often the state is sampled (s).")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, help=SEED_HELP)
 def record(source: str, out: str, duration: float | None, sample_period: float, seed: int) -> None:
     """Record SOURCE into a file that `--source replay:FILE` plays back."""
     import threading
@@ -445,6 +525,7 @@ def record(source: str, out: str, duration: float | None, sample_period: float, 
     from metabgm_edge.sources import open_source
     from metabgm_edge.state import SceneState
 
+    _writable(out, "--out")
     src = open_source(source, seed=seed)
     if not src.live and duration is None:
         raise click.UsageError(f"{source} is simulated or replayed: give --duration")
@@ -471,7 +552,7 @@ def record(source: str, out: str, duration: float | None, sample_period: float, 
         pass
     finally:
         src.close()
-    click.echo(f"recorded {n} states to {out}")
+    click.echo(f"recorded {_plural(n, 'state')} to {out}")
 
 
 # -- report, bench, doctor ------------------------------------------------------------------------
@@ -501,12 +582,18 @@ def report(log_file: str, audio_path: str | None, out: str | None, session: int 
 @click.option("--source", default="sim:tour", show_default=True, help="sim:NAME or replay:F.jsonl.")
 @click.option("--text", "text_spec", default="auto", show_default=True, help=TEXT_HELP)
 @click.option("--audio", "audio_spec", default="auto", show_default=True, help=AUDIO_HELP)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help=SEED_HELP)
 @click.option(
     "--latency/--no-latency",
     default=True,
     show_default=True,
-    help="Also measure scene-change-to-audible latency (a real-time run of ~10 s).",
+    help="Also measure scene change to audible for scripted sharp and gradual changes (a real-time run "
+    "of about 10 s per change).",
+)
+@click.option(
+    "--changes",
+    type=click.IntRange(1, 100),
+    help="How many scripted changes the real-time run goes through [10: 6 gradual, 4 sharp].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
 @click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON to this file.")
@@ -518,6 +605,7 @@ def bench(
     audio_spec: str,
     seed: int,
     latency: bool,
+    changes: int | None,
     as_json: bool,
     out: str | None,
 ) -> None:
@@ -535,12 +623,15 @@ def bench(
         raise click.UsageError(f"bench runs faster than real time: {source} is live; use sim: or replay:")
     try:
         result = run_bench(src, open_text(text_spec), open_audio(audio_spec), segments=segments,
-                           interval=interval, seed=seed, latency=latency)  # fmt: skip
+                           interval=interval, seed=seed, latency=latency, changes=changes)  # fmt: skip
     except ValueError as exc:  # an interval out of range, ...
         raise click.ClickException(str(exc)) from None
     encoded = msgspec.json.format(msgspec.json.encode(result), indent=2).decode()
     if out:
-        Path(out).write_text(encoded + "\n", encoding="utf-8")
+        try:
+            Path(out).write_text(encoded + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise MetabgmError(f"cannot write {out}: {exc.strerror or exc}") from None
     click.echo(encoded if as_json else format_table(result))
 
 

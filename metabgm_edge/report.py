@@ -33,7 +33,7 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from metabgm_edge.session_log import SegmentRecord
+from metabgm_edge.session_log import SegmentRecord, SessionSummary
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,10 @@ def load_log(path: str | Path) -> list[list[SegmentRecord]]:
     """
     path = Path(path)
     decoder = msgspec.json.Decoder(SegmentRecord)
+    summary = msgspec.json.Decoder(SessionSummary)
     sessions: list[list[SegmentRecord]] = []
-    skipped = 0
+    skipped: list[int] = []
+    first_error = ""
     with path.open("rb") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -73,19 +75,58 @@ def load_log(path: str | Path) -> list[list[SegmentRecord]]:
             try:
                 rec = decoder.decode(line)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                skipped += 1
-                log.warning("%s line %d: not a session-log record, skipped (%s)", path, lineno, exc)
+                try:
+                    summary.decode(line)  # the session's totals: not a segment
+                    continue
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    pass
+                skipped.append(lineno)
+                first_error = first_error or str(exc)
+                if len(skipped) <= BAD_LINES_LOGGED:
+                    log.warning("%s line %d: not a session-log record, skipped (%s)", path, lineno, exc)
                 continue
             if not sessions or rec.index <= sessions[-1][-1].index:
                 sessions.append([])
             sessions[-1].append(rec)
+    if len(skipped) > BAD_LINES_LOGGED:
+        log.warning("%s: %d more lines skipped (lines %s)", path, len(skipped) - BAD_LINES_LOGGED,
+                    _ranges(skipped[BAD_LINES_LOGGED:]))  # fmt: skip
     if not sessions:
+        hint = ""
+        if skipped and _looks_like_one_json_document(path):
+            hint = " (it looks like one JSON document; a session log has one JSON object per line)"
         raise ValueError(
             f"{path}: no valid segment record in it"
-            + (f" ({skipped} malformed lines)" if skipped else " (the file is empty)")
+            + (f" ({len(skipped)} malformed lines{hint})" if skipped else " (the file is empty)")
             + "; write one with `metabgm-edge play --log FILE.jsonl`"
         )
     return sessions
+
+
+BAD_LINES_LOGGED = 5
+"""Malformed lines of a log named one by one; the rest are summed up in one line."""
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1,2,3,7,9,10 -> "1-3, 7, 9-10"."""
+    parts: list[str] = []
+    start = prev = numbers[0]
+    for n in [*numbers[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(parts)
+
+
+def _looks_like_one_json_document(path: Path) -> bool:
+    try:
+        msgspec.json.decode(path.read_bytes())
+        return True
+    except (msgspec.DecodeError, OSError):
+        return False
 
 
 def pick_session(
@@ -95,8 +136,7 @@ def pick_session(
     if number is None:
         if len(sessions) > 1:
             log.warning(
-                "%s holds %d sessions (play appends to its log); reporting the last, "
-                "--session N picks another",
+                "%s holds %d sessions; reporting the last, --session N picks another",
                 path,
                 len(sessions),
             )
@@ -129,7 +169,12 @@ def heard_spans(records: list[SegmentRecord]) -> list[Heard]:
     """
     spans: list[Heard] = []
     for rec in records:
-        if rec.join in ("start", "transition") or not spans:
+        if rec.heard_at is not None:  # logged by the scheduler: where it joined
+            begin = rec.heard_at
+            spans = [h for h in spans if h.start < begin]
+            for h in spans:
+                h.end = min(h.end, begin)
+        elif rec.join in ("start", "transition") or not spans:
             begin = rec.queued_at
             spans = [h for h in spans if h.start < begin]
             for h in spans:
@@ -396,7 +441,7 @@ def write_report(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
-    log.info("wrote %s%s", out, f" (audio {audio})" if audio else "")
+    log.debug("wrote %s%s", out, f" (audio {audio})" if audio else "")
     return out
 
 

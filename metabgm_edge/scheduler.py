@@ -9,18 +9,29 @@ Threads (real time):
     callback  PortAudio (or the file sink's thread): ring buffer -> device and WAV
     main      here: a watchdog that extends the music when a segment is late, Ctrl-C, --duration
 
-Timeline. Segment k's window closes at ``end``; its audio must be in the mixer by
-``end + deadline`` (the deadline is the interval unless set), when the audio before it runs out.
-The first segment (the ``start`` prelude, rendered from the first sample) and every sharp-change
-segment (rendered at once and crossfaded in over what is playing as soon as its first chunk is
-there) therefore last ``interval + deadline``; regular segments last ``interval`` and join the
-previous one's tail with an equal-power crossfade.
+Timeline. The lag between a window's close and its music is what the backends need, not a
+fixed interval. Segment k is rendered to last until the next window is expected to close plus a
+*lead*: the margin its music needs to be ready, learned from the measured stage times (1.25 x
+the longest of the last segments' needs, plus the ring's guard; see :meth:`Session.lead`), so a
+slow LLM or a slow audio backend gets a longer lead and never underruns. Its end is then carried
+on to the next natural point of its music (a bar line, or a beat of a long bar: the anchor's
+optional :class:`~metabgm_edge.audio.BarGrid`) by a short extension rendered from its anchor, so
+the next window's music joins at a bar line, as soon as it is ready. A sharp change (combat
+starts or ends, the dimension changes, health drops) is rendered at once, its short head first,
+and crossfaded in over what is playing, right behind the audio the device is about to play (the
+deep ring buffer gives back what it holds and has not played). Every segment's log line says
+when it became audible and, for a change, the lag from the first sample that saw it.
 
 Fallbacks, each named, logged and counted, none of them silent:
     text.<stage>.error / text.<stage>.deadline   the composer rules write that stage instead
     audio.error / audio.deadline                  the previous segment is extended, crossfaded
     audio.replaced                                after 3 audio failures in a row the embedded
                                                   synthesizer takes over for the session
+    audio.late_extend                             the next segment is late while the music is
+                                                  about to run out: the music is extended, the
+                                                  late segment then cuts in
+    audio.align.error                             the extension to the next bar line failed: the
+                                                  next segment joins where the music ends
 With ``fast`` the session runs on virtual time as fast as the machine allows (no device): the WAV
 holds exactly ``duration`` seconds, aligned with the game clock as a real-time run would be.
 """
@@ -39,13 +50,21 @@ import msgspec
 import numpy as np
 
 from metabgm_edge.acquisition import Acquisition, FastClock, RealClock
-from metabgm_edge.audio import CONTEXT_SECONDS, SPEED_MARGIN, AudioBackend, AudioRequest, anchor_to_metadata
+from metabgm_edge.audio import (
+    CONTEXT_SECONDS,
+    SPEED_MARGIN,
+    AudioBackend,
+    AudioRequest,
+    anchor_to_metadata,
+    next_join_point,
+)
+from metabgm_edge.errors import MetabgmError
 from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 from metabgm_edge.playback.mixer import Join, Mixer
 from metabgm_edge.playback.ringbuffer import RingBuffer
 from metabgm_edge.playback.sinks import Sink
-from metabgm_edge.playback.wav import WavWriter
-from metabgm_edge.session_log import SegmentRecord, SessionStats
+from metabgm_edge.playback.wav import open_wav_writer
+from metabgm_edge.session_log import SegmentRecord, SessionStats, SessionSummary
 from metabgm_edge.sources import Source
 from metabgm_edge.stages import DescribeResult, Mode, describe
 from metabgm_edge.state import Window
@@ -58,6 +77,20 @@ AUDIO_FAILURES_BEFORE_REPLACING: Final = 3
 SHARP: Final = frozenset({"combat_start", "combat_end", "dimension", "health_drop"})
 HEAD_SECONDS: Final = 3.0
 """A sharp change's segment is rendered in two parts: this head first, heard at once."""
+FAST_LEAD: Final = 0.5
+"""The lead in --fast (virtual time): fixed, so that a fast session is reproducible."""
+INITIAL_LEAD: Final = 1.0
+"""The lead before any stage time has been measured."""
+MIN_LEAD: Final = 0.3
+MAX_LEAD: Final = 30.0
+LEAD_FACTOR: Final = 1.25
+LEAD_SAFETY: Final = 0.1
+"""Seconds added to the learned lead on top of the ring's guard."""
+LEAD_HISTORY: Final = 5
+"""Segments whose measured needs the lead covers."""
+MIN_SEGMENT: Final = 1.0
+RESERVE_SECONDS: Final = 0.5
+"""Tail rendered past one crossfade: music the deep ring keeps playing while the next segment comes."""
 
 
 class PlayOptions(msgspec.Struct, kw_only=True):
@@ -74,8 +107,12 @@ class PlayOptions(msgspec.Struct, kw_only=True):
     fast: bool = False
     duration: float | None = None
     """Stop after this many seconds of session time (None: until the source ends or Ctrl-C)."""
-    buffer_seconds: float = 0.25
-    """Audio kept in the ring ahead of the device: small, so scene changes are heard quickly."""
+    buffer_seconds: float = 1.0
+    """Audio kept in the ring ahead of the device, so a busy machine never starves it. Joins take
+    back what the device has not played, so this depth adds nothing to a change's latency."""
+    lead: float | None = None
+    """Seconds from a window's close to its music (before the wait for a bar line); None: learned
+    from the measured stage times in real time, :data:`FAST_LEAD` with ``fast``."""
     if_slow: Literal["synth", "queue"] = "synth"
     """When the audio backend renders slower than real time here (MusicGen on a CPU): ``synth`` lets
     the embedded synthesizer play; ``queue`` plays each segment whole once it is ready, later than its
@@ -91,6 +128,10 @@ class PlayOptions(msgspec.Struct, kw_only=True):
 
 class DeadlineMissed(Exception):
     pass
+
+
+class _Closing(Exception):
+    """The session ended while a segment was being made."""
 
 
 class Guard:
@@ -160,8 +201,8 @@ class Session:
         """Where a real-time session's ring goes (None: the device, or a file without one); ``serve``
         streams it to the player over the network. Called with the ring and the sample rate."""
         self.last_start_frame: int | None = None
-        """Where the last segment's music begins in the output, in frames since the session started
-        (read from :attr:`on_segment`: a stream tells its listener what plays when)."""
+        """Stream frame where the last segment's music begins (read from :attr:`on_segment`: a stream
+        tells its listener what plays when); a failed segment's is where the extension begins."""
         self._whole_segments = False
         """Slow backend, ``if_slow=queue``: segments enter the mixer whole, once ready."""
         self.profile = profile
@@ -177,6 +218,8 @@ class Session:
         self._audio_failures = 0
         self._anchor: Any = None
         self._stop = threading.Event()
+        self._closing = threading.Event()
+        """Set when a real-time session ends: the music fades out now and nothing more is queued."""
         self._late = threading.Event()
         """Set by the watchdog when it had to extend the music: the next segment cuts in."""
         self._log_file: IO[str] | None = None
@@ -192,6 +235,14 @@ class Session:
             prelude=True,
         )
         self.mixer = Mixer(audio.sample_rate, audio.channels, crossfade_s=opts.crossfade)
+        self._feeder: Any = None
+        """The real-time feeder (None in fast mode): where the listener is on the stream."""
+        self._device_latency = 0.0
+        self._needs: list[float] = []
+        self._rates: list[float] = []
+        """Seconds the audio backend took per second of audio, for the last segments."""
+        """Measured needs (see SegmentRecord.lead_needed) of the last segments."""
+        self._rejects_seen: dict[str, int] = {}
         self.on_segment: Callable[[SegmentRecord], None] | None = None
         """Called after each segment is queued (the CLI prints a line)."""
 
@@ -237,84 +288,89 @@ class Session:
 
     def _render(
         self,
-        description: str,
-        seconds: float,
-        seed: int,
+        request: AudioRequest,
         fallbacks: list[str],
         deadline: float,
         *,
         join: Join,
-        first_chunk: float,
+        closed_mono: float,
         now: Callable[[], float],
-    ) -> tuple[float | None, float | None]:
+    ) -> Rendered | None:
         """Stream one segment from the audio backend into the mixer, chunk by chunk as it comes.
 
-        Returns the session time its first chunk was queued and the monotonic time of that, or
-        (None, None) when nothing was queued (the previous segment is then extended). A failure
-        after some audio was queued keeps what came and extends it for the rest.
+        Returns where and when it entered the music, or None when nothing was queued (the
+        previous segment is then extended). A failure after some audio was queued keeps what came
+        and extends it for the rest.
         """
         opts = self.options
         sr = self.audio.sample_rate
-        tail_frames = round(opts.crossfade * sr)
+        tail_frames = round(request.tail * sr)
         backend = self.audio
-        anchor = self._anchor
-        own = anchor is not None and getattr(anchor, "kind", None) == backend.kind
-        request = AudioRequest(
-            description=description,
-            seconds=seconds,
-            tail=opts.crossfade,
-            seed=seed,
-            anchor=anchor,
-            context=None if own else self.mixer.context(CONTEXT_SECONDS),
-            first_chunk=first_chunk,
-        )
-        want = round((seconds + opts.crossfade) * sr)
+        want = round((request.seconds + request.tail) * sr)
         lock = threading.Lock()
         cancel = threading.Event()
-        got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0, "first": None}
-
+        got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0, "need": 0.0,
+                               "join": join, "first": None, "rendered": 0}  # fmt: skip
         whole = self._whole_segments
         held: list[np.ndarray] = []
 
-        def queue(audio: np.ndarray) -> None:
+        def queue(audio: np.ndarray) -> bool:
             with lock:
                 if cancel.is_set():
-                    return
+                    return False
+                if self._closing.is_set():  # the session is ending: nothing more is queued
+                    got["closed"] = True
+                    return False
+                # How early the music could have started for this chunk to be in time.
+                need = time.monotonic() - closed_mono - got["frames"] / sr
+                got["need"] = max(got["need"], need)
                 if got["seg"] is None:
-                    got["seg"] = self.mixer.begin(join, tail_frames)
+                    # The music had to be extended while this segment was on its way: it cuts
+                    # in over the extension instead of waiting for the extension's end.
+                    got["join"] = "transition" if self._late.is_set() else join
+                    got["seg"] = self.mixer.begin(got["join"], tail_frames)
                 got["seg"].add(audio)
+                got["frames"] += audio.shape[0]
                 if got["queued_at"] is None:
                     got["queued_at"] = now()
                     got["first"] = time.monotonic()
+                return True
 
         def work() -> None:
             for chunk in backend.stream(request):
                 audio = np.asarray(chunk.audio, dtype=np.float32)
                 if audio.ndim != 2 or audio.shape[1] != backend.channels:
                     raise ValueError(f"a chunk of shape {audio.shape}, expected (frames, {backend.channels})")
-                got["frames"] += audio.shape[0]
-                if whole:
+                got["rendered"] += audio.shape[0]
+                if whole:  # a slow backend, queued: the segment enters the music once complete
                     held.append(audio)
-                else:
-                    queue(audio)
+                elif not queue(audio):
+                    return
                 if chunk.last:
                     got["anchor"] = chunk.anchor
                     break
-            if abs(got["frames"] - want) > 1:
-                raise ValueError(f"rendered {got['frames']} frames, expected {want}")
+            if abs(got["rendered"] - want) > 1:
+                raise ValueError(f"rendered {got['rendered']} frames, expected {want}")
             if got["anchor"] is None:
                 raise ValueError("the backend's last chunk carried no anchor")
             for audio in held:
-                queue(audio)
+                if not queue(audio):
+                    return
 
         try:
             # Late text leaves the audio at least a quarter of the budget: late music beats none.
             timeout = max(deadline - time.monotonic(), 0.25 * opts.budget)
-            if self._whole_segments:  # a slow backend, queued: it takes what it takes, with a margin
+            if whole:  # a slow backend, queued: it takes what it takes, with a margin
                 speed = max(self.stats.audio_realtime_factor, 1e-3)
-                timeout = max(timeout, 1.5 * (seconds + opts.crossfade) / speed + opts.interval)
+                timeout = max(timeout, 1.5 * (request.seconds + request.tail) / speed + opts.interval)
             self._audio_guard.call(work, timeout)
+            if got.get("closed"):
+                if got["seg"] is not None:
+                    got["seg"].end()
+                return None
         except Exception as exc:
+            if self._closing.is_set():
+                return None
             with lock:
                 cancel.set()
                 seg = got["seg"]
@@ -325,17 +381,12 @@ class Session:
             fallbacks.append(reason)
             self._fallbacks[reason] += 1
             self._audio_failures += 1
-            missing = seconds - max(0, got["frames"] - tail_frames) / sr
-            # Where this segment's time begins: its own head if it started, else the extension.
-            extended_at = self.mixer.frames_read + self.mixer.queued_frames
+            missing = request.seconds - max(0, got["frames"] - tail_frames) / sr
             if missing > 0:
                 self.mixer.extend_previous(missing)
-            self.last_start_frame = seg.start_frame if seg is not None and seg.started else extended_at
             if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and not self._replaced:
                 if self.fallback_audio is None:
-                    from metabgm_edge.audio import open_audio_backend
-
-                    self.fallback_audio = open_audio_backend("synth")
+                    self.fallback_audio = self._fallback_synth()
                 log.error("%s failed %d times in a row: %s takes over for the rest of the session",
                           backend.name, self._audio_failures, self.fallback_audio.name)  # fmt: skip
                 self._replaced = True
@@ -344,16 +395,127 @@ class Session:
                 self._audio_guard = Guard("audio")
                 fallbacks.append("audio.replaced")
                 self._fallbacks["audio.replaced"] += 1
-            return got["queued_at"], got["first"]
-        got["seg"].end()
-        self.last_start_frame = got["seg"].start_frame
+            seg = got["seg"]
+            if seg is None or seg.start_frame is None:
+                return None
+            return Rendered(
+                got["queued_at"], seg.start_frame, seg.late, got["need"], None, got["join"], got["first"]
+            )
+        seg = got["seg"]
+        seg.end()
         self._audio_failures = 0
         self._anchor = got["anchor"]
-        return got["queued_at"], got["first"]
+        return Rendered(
+            got["queued_at"], seg.start_frame, seg.late, got["need"], got["anchor"], got["join"], got["first"]
+        )
+
+    def _request(self, description: str, seconds: float, seed: int, first_chunk: float = 0.0) -> AudioRequest:
+        anchor = self._anchor
+        own = anchor is not None and getattr(anchor, "kind", None) == self.audio.kind
+        return AudioRequest(
+            description=self.profile.audio_description(description),  # what the listener avoids, named
+            seconds=seconds,
+            tail=self.options.crossfade + RESERVE_SECONDS,
+            seed=seed,
+            anchor=anchor,
+            context=None if own else self.mixer.context(CONTEXT_SECONDS),
+            first_chunk=first_chunk,
+        )
+
+    # -- the timeline ---------------------------------------------------------------------------
+
+    def lead(self) -> float:
+        """Seconds between a window's close and its music being heard, before the wait for a bar
+        line: :attr:`PlayOptions.lead` if set; :data:`FAST_LEAD` in fast mode; else learned,
+        :data:`LEAD_FACTOR` x the largest need of the last :data:`LEAD_HISTORY` segments (text
+        time + how late each audio chunk came) plus the ring's guard and :data:`LEAD_SAFETY`."""
+        opts = self.options
+        if opts.lead is not None:
+            return opts.lead
+        if opts.fast:
+            return FAST_LEAD
+        if not self._needs:
+            return INITIAL_LEAD
+        guard = self._feeder.guard() / self.mixer.sample_rate if self._feeder is not None else 0.0
+        learned = LEAD_FACTOR * max(self._needs) + guard + LEAD_SAFETY
+        return min(MAX_LEAD, max(MIN_LEAD, learned))
+
+    def _head(self, seconds: float) -> float:
+        """How long the first chunk of a segment that cuts in at once should be: :data:`HEAD_SECONDS`,
+        or longer when the measured render speed says the rest would not come before the head has
+        played (a slow or busy machine), so the new music never stops after its head."""
+        if seconds <= HEAD_SECONDS + 1.0:
+            return 0.0
+        rate = 1.5 * max(self._rates) if self._rates else 0.0  # seconds of work per second of audio
+        head = max(HEAD_SECONDS, (rate * seconds + 0.5) / (1.0 + rate))
+        return head if head + 1.0 < seconds else 0.0
+
+    def frame_time(self, frame: int) -> float:
+        """Session time at which stream frame ``frame`` is (or was) heard."""
+        sr = self.mixer.sample_rate
+        if self._feeder is None:
+            return frame / sr  # fast mode: the WAV is the game clock
+        return self.clock.now() + (frame - self._feeder.heard_frame) / sr + self._device_latency
+
+    def _earliest(self, now: float) -> float:
+        """The soonest a transition starting at session time ``now`` can be heard."""
+        if self._feeder is None:
+            return now
+        return now + self._feeder.guard() / self.mixer.sample_rate + self._device_latency
+
+    def _align(self, description: str, seed: int, target: float, fallbacks: list[str]) -> float:
+        """Carry the music queued last on to the first natural point at or after session time
+        ``target`` (the next window's expected close plus the lead): a short extension rendered
+        from its anchor, so the next window's music joins at a bar line. Returns the seconds added."""
+        ends = self.frame_time(self.mixer.join_frame)
+        point = next_join_point(self._anchor, max(0.0, target - ends))
+        if point is None:  # no bar grid (MusicGen): only a lead that grew needs more music
+            point = target - ends if target - ends > 0.25 else 0.0
+        if point < 0.02 or self.mixer.streaming or self._closing.is_set() or self._whole_segments:
+            return 0.0
+        seconds = min(point, 2 * self.options.interval)
+        request = self._request(description, seconds, seed)
+        try:
+            self._audio_guard.call(lambda: self._extend_from(request), max(2.0, 0.25 * self.options.budget))
+        except Exception as exc:
+            log.warning("%s could not carry the music on to its next bar line (%s: %s); the next "
+                        "segment joins where it ends", self.audio.name, type(exc).__name__, exc)  # fmt: skip
+            fallbacks.append("audio.align.error")
+            self._fallbacks["audio.align.error"] += 1
+            return 0.0
+        log.debug("music carried on %.2f s to its next bar line", seconds)
+        return seconds
+
+    def _extend_from(self, request: AudioRequest) -> None:
+        sr = self.audio.sample_rate
+        seg = None
+        anchor = None
+        frames = 0
+        try:
+            for chunk in self.audio.stream(request):
+                if self._closing.is_set():
+                    return
+                audio = np.asarray(chunk.audio, dtype=np.float32)
+                if audio.ndim != 2 or audio.shape[1] != self.audio.channels:
+                    raise ValueError(f"a chunk of shape {audio.shape}")
+                if seg is None:
+                    seg = self.mixer.begin("append", round(request.tail * sr))
+                seg.add(audio)
+                frames += audio.shape[0]
+                if chunk.last:
+                    anchor = chunk.anchor
+                    break
+        finally:
+            if seg is not None:
+                seg.end(keep_last="extend")
+        if anchor is None or abs(frames - round((request.seconds + request.tail) * sr)) > 1:
+            raise ValueError("the extension came back incomplete")
+        self._anchor = anchor
 
     def _process(self, seg: Window, now: Callable[[], float]) -> SegmentRecord:
         opts = self.options
         t0 = time.monotonic()
+        closed_mono = t0 if opts.fast else t0 - max(0.0, now() - seg.end)
         fallbacks: list[str] = []
         retry = opts.retry_audio_after
         if self._replaced and retry is not None and t0 - self._replaced_at >= retry:
@@ -364,10 +526,8 @@ class Session:
             fallbacks.append("audio.restored")
             self._fallbacks["audio.restored"] += 1
         result = self._describe(seg, fallbacks, t0)
-        sharp = seg.trigger in SHARP or seg.trigger == "start"
-        seconds = opts.interval + (opts.budget if sharp else 0.0)
+        sharp = seg.trigger in SHARP
         seed = opts.seed + seg.index
-        audio_deadline = t0 + opts.budget
         late = self._late.is_set()
         if seg.trigger == "start":
             join, mixer_join = "start", "append"
@@ -375,34 +535,79 @@ class Session:
             join, mixer_join = "transition", "transition"
         else:
             join, mixer_join = "append", "append"
+        lead = self.lead()
+        next_close = seg.end + opts.interval
+        target = next_close + lead
+        if join == "append":
+            begins = self.frame_time(self.mixer.join_frame)
+            deadline = begins - (self._feeder.guard() / self.mixer.sample_rate if self._feeder else 0.0)
+        else:
+            begins = self._earliest(now())
+            deadline = seg.end + opts.budget
+        seconds = max(MIN_SEGMENT, target - begins)
         # A new scene should be heard at once: ask for a short head first (the mixer cuts over to
         # it as soon as it arrives); the rest of the segment follows.
-        first_chunk = HEAD_SECONDS if sharp and seconds > HEAD_SECONDS + 1.0 else 0.0
+        first_chunk = self._head(seconds) if join != "append" else 0.0
+        if self._whole_segments:  # a slow backend, queued: one interval of music, heard when ready
+            seconds, first_chunk = opts.interval, 0.0
         t_audio = time.monotonic()
-        queued, first = self._render(result.description, seconds, seed, fallbacks, audio_deadline,
-                                     join=mixer_join, first_chunk=first_chunk, now=now)  # fmt: skip
-        if queued is None:
+        request = self._request(result.description, seconds, seed, first_chunk)
+        hard = t0 + opts.budget
+        planned = self.mixer.join_frame if mixer_join == "append" else self.mixer.read_frame
+        rendered = self._render(request, fallbacks, hard, join=mixer_join, closed_mono=closed_mono, now=now)
+        if self._closing.is_set():
+            raise _Closing  # the session ended while this segment was on its way: it is not heard
+        if rendered is None:
             join = "extend"
-            queued = now()
-        elif join == "transition":
-            self.stats.transitions += 1
-        queued_at = queued
+            queued_at, start_frame, late_join, need = now(), None, False, None
+        else:
+            queued_at, start_frame, late_join, need = (
+                rendered.queued_at,
+                rendered.start_frame,
+                rendered.late,
+                rendered.need,
+            )
+            if rendered.join == "transition" and join == "append":
+                join, late = "transition", True  # it came late: cut in over the extended music
+            if join == "transition":
+                self.stats.transitions += 1
+            if not opts.fast and need is not None:
+                self._needs.append(need)
+                del self._needs[:-LEAD_HISTORY]
+            if not opts.fast and seconds > 0:  # (fast mode: a fixed head, reproducible)
+                self._rates.append((time.monotonic() - t_audio) / seconds)
+                del self._rates[:-LEAD_HISTORY]
+        self.last_start_frame = start_frame if start_frame is not None else planned
+        heard_at = audible_at = None
+        if start_frame is not None:
+            heard_at = self.frame_time(start_frame)
+            audible_at = heard_at + opts.crossfade / 2
+        rendered_seconds = seconds  # (a failed render is made up by extending the previous segment)
+        if rendered is not None and rendered.anchor is not None:
+            rendered_seconds += self._align(result.description, seed, next_close + self.lead(), fallbacks)
         t_done = time.monotonic()
         self._late.clear()
-        deadline = seg.end + opts.budget
         overran = any(f.endswith(".deadline") for f in fallbacks)
-        missed = (not opts.fast and queued_at > deadline) or late or overran
+        missed = late or overran or late_join or (not opts.fast and join != "append" and queued_at > deadline)
         if missed:
             self.stats.deadline_misses += 1
         timings = dict(result.timings)
-        timings["audio"] = t_done - t_audio
-        if first is not None:
-            timings["first_audio"] = first - t_audio
+        timings["audio"] = t_done - t_audio  # the segment and its extension to the next bar line
+        if rendered is not None and rendered.first is not None:
+            timings["first_audio"] = rendered.first - t_audio
         timings["total"] = t_done - t0
         for k, v in timings.items():
             self.stats.stage_seconds.setdefault(k, []).append(v)
-        if seg.trigger in SHARP and join == "transition":
-            self.stats.transition_latency.append(queued_at - seg.end + self._output_delay())
+        kind = "sharp" if sharp else "gradual"
+        lag = None
+        if audible_at is not None:
+            if seg.trigger != "start":
+                self.stats.close_lag.setdefault(kind, []).append(audible_at - seg.end)
+            if seg.changed_at is not None:
+                lag = audible_at - seg.changed_at
+                self.stats.change_lag.setdefault(kind, []).append(lag)
+            if sharp and join == "transition":
+                self.stats.transition_latency.append(audible_at - seg.end)
         return SegmentRecord(
             index=seg.index,
             start=seg.start,
@@ -428,14 +633,28 @@ class Session:
             missed_deadline=missed,
             fallbacks=fallbacks,
             join=join,
-            audio_seconds=seconds,
+            audio_seconds=rendered_seconds,
+            heard_at=heard_at,
+            audible_at=audible_at,
+            lead=lead,
+            lead_needed=need,
+            change=seg.change,
+            changed_at=seg.changed_at,
+            lag=lag,
+            rejected=self._new_rejects(),
+            late=late_join,
         )
 
-    def _output_delay(self) -> float:
-        """Seconds between the mixer and the ear: the ring's fill plus half a crossfade."""
-        if self.options.fast:
-            return self.options.crossfade / 2
-        return self.options.buffer_seconds + self.options.crossfade / 2
+    def _new_rejects(self) -> dict[str, int]:
+        """Live messages rejected since the last call, by reason."""
+        reasons = self.source.stats().reasons
+        new = {
+            k: n - self._rejects_seen.get(k, 0)
+            for k, n in reasons.items()
+            if n > self._rejects_seen.get(k, 0)
+        }
+        self._rejects_seen = dict(reasons)
+        return new
 
     def _record(self, rec: SegmentRecord) -> None:
         self.stats.segments += 1
@@ -455,27 +674,43 @@ class Session:
 
     def run(self) -> SessionStats:
         if self.log_path is not None:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log_file = self.log_path.open("w", encoding="utf-8")
+            try:
+                if self.log_path.parent and not self.log_path.parent.exists():
+                    self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                self._log_file = self.log_path.open("w", encoding="utf-8")
+            except OSError as exc:
+                raise MetabgmError(
+                    f"cannot write the session log {self.log_path}: {exc.strerror or exc}"
+                ) from None
         try:
             if self.options.fast:
                 self._run_fast()
             else:
                 self._run_real_time()
         finally:
-            if self._log_file is not None:
-                self._log_file.close()
             self.stats.fallbacks = dict(self._fallbacks)
             self.stats.extensions = self.mixer.stats.extensions
             self.stats.starvations = self.mixer.stats.starvations
-            self.stats.source = msgspec.to_builtins(self.source.stats())
+            source = self.source.stats()
+            self.stats.source = msgspec.to_builtins(source)
+            self.stats.rejected = dict(source.reasons)
+            self.stats.received = source.received
+            if self._log_file is not None:
+                summary = SessionSummary(summary=self.stats)
+                self._log_file.write(self._encoder.encode(summary).decode() + "\n")
+                self._log_file.close()
         return self.stats
 
     def _run_fast(self) -> None:
         """Virtual time: audio is written exactly up to each segment's end before it joins."""
         sr = self.audio.sample_rate
         self.acquisition.start()  # first: a source that cannot start leaves no half-made file
-        writer = WavWriter(self.out, sr, self.audio.channels) if self.out is not None else None
+        writer = None
+        try:
+            writer = open_wav_writer(self.out, sr, self.audio.channels) if self.out is not None else None
+        except BaseException:
+            self.acquisition.stop()
+            raise
         written = 0
         self.stats.sink = "file" if writer else "null"
 
@@ -511,6 +746,12 @@ class Session:
                 writer.close()
             self.stats.seconds = written / sr
 
+    def _fallback_synth(self) -> AudioBackend:
+        """The embedded synthesizer in the mixer's format (mono for a mono model)."""
+        from metabgm_edge.audio import open_audio_backend
+
+        return open_audio_backend("synth", channels=self.mixer.channels)
+
     def check_speed(self) -> float:
         """Before a real-time session: can the audio backend keep up here? If not, do what
         ``if_slow`` says, and say so once with the measured figure. Returns the real-time factor."""
@@ -523,9 +764,7 @@ class Session:
         name = self.audio.name
         if opts.if_slow == "synth":
             if self.fallback_audio is None:
-                from metabgm_edge.audio import open_audio_backend
-
-                self.fallback_audio = open_audio_backend("synth")
+                self.fallback_audio = self._fallback_synth()
             log.warning(
                 "%s renders %.2f s of audio per second here (it needs %.2f to keep up): the embedded "
                 "synthesizer plays instead (--if-slow queue plays it anyway, later than the game)",
@@ -556,54 +795,88 @@ class Session:
             self.clock.restart()
         sr = self.audio.sample_rate
         self.acquisition.start()  # first: a source that cannot start opens no device or file
-        ring = RingBuffer(max(4 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
-        if self.sink_factory is not None:
-            sink = self.sink_factory(ring, sr)
-        else:
-            sink = open_sink(ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device,
-                             device=self.device, paced=True)  # fmt: skip
+        try:
+            ring = RingBuffer(max(2 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
+            if self.sink_factory is not None:
+                sink = self.sink_factory(ring, sr)
+            else:
+                sink = open_sink(
+                    ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device, device=self.device,
+                    paced=True, strict_device=self.device is not None,
+                )  # fmt: skip
+        except BaseException:
+            self.acquisition.stop()
+            raise
         feeder = Feeder(self.mixer, ring, target_seconds=opts.buffer_seconds, realtime=True)
+        self._feeder = feeder
         self.stats.sink = getattr(sink, "kind", type(sink).__name__)
         pipeline = threading.Thread(target=self._pipeline, name="metabgm-pipeline", daemon=True)
-        low_water = opts.crossfade + opts.buffer_seconds + 0.25
         pipeline.start()
+        started = False
         try:
             # The ring starts empty: wait for the first (start) segment before the device runs.
-            while not self._stop.is_set() and self.mixer.queued_seconds == 0 and pipeline.is_alive():
+            while not self._stop.is_set() and self.mixer.end_frame == 0 and pipeline.is_alive():
+                if opts.duration is not None and self.clock.now() >= opts.duration:
+                    break
                 time.sleep(0.01)
+            if self.mixer.end_frame == 0:  # stopped, or --duration passed, before any music
+                log.warning("no music was made: %s", self._nothing_heard())
+                return
             feeder.start()
+            ready = time.monotonic() + 1.0  # the device starts on a filled ring, never on an empty one
+            while ring.available_frames < feeder.target_frames // 2 and time.monotonic() < ready:
+                if self.mixer.queued_frames == 0 and ring.available_frames > 0:
+                    break
+                time.sleep(0.002)
             sink.start()
+            started = True
+            retry_at = 0.0
+            self._device_latency = float(getattr(sink.stats(), "latency_s", 0.0) or 0.0)
             while not self._stop.is_set() and pipeline.is_alive():
                 time.sleep(0.05)
                 if opts.duration is not None and self.clock.now() >= opts.duration:
                     break
-                if self.mixer.queued_seconds < low_water and not self._stop.is_set():
+                ahead = (ring.available_frames + self.mixer.queued_frames) / sr
+                low_water = feeder.guard() / sr + 0.3
+                waiting = time.monotonic() < retry_at or self.mixer.streaming or self._stop.is_set()
+                if ahead < low_water and not waiting:
                     # The next segment is late: keep the music going with the previous one.
                     got = self.mixer.extend_previous(opts.interval / 2)
                     if got > 0:
                         self._late.set()
                         self._fallbacks["audio.late_extend"] += 1
                         log.warning("next segment is late: extended the music by %.1f s", got)
+                    else:
+                        retry_at = time.monotonic() + 0.5
         except KeyboardInterrupt:
             log.info("stopped by Ctrl-C")
         finally:
             self._stop.set()
+            self._closing.set()  # the segment on its way is not queued any more: stop now, not later
             self.acquisition.stop()
-            # End with a fade at once: crossfade whatever plays into silence, drop the rest, and take
-            # nothing more (a segment still rendering would otherwise play after the fade).
-            fade = round(opts.crossfade * sr)
-            self.mixer.transition(np.zeros((fade, self.audio.channels), dtype=np.float32), 0)
-            self.mixer.close()
-            feeder.finish(timeout=2.0)
+            # End with a fade: the segment on its way ends where it is, whatever plays crossfades
+            # into silence, the rest is dropped, and nothing more is taken.
+            self.mixer.close(fade_frames=round(opts.crossfade * sr) if started else 0)
+            if started:
+                feeder.finish(timeout=2.0)
             feeder.stop()
             if self._anchor is not None:  # `render --continue-from` the recording continues the music
                 sink.set_metadata(anchor_to_metadata(self._anchor))
-            sink.stop(drain=True, timeout=2.0)
-            pipeline.join(timeout=min(2.0, 2 * opts.budget))  # a render still running is abandoned
+            sink.stop(drain=started, timeout=2.0)  # before waiting for the pipeline: nothing plays on
+            if not started and self.out is not None:
+                open_wav_writer(self.out, sr, self.audio.channels).close()  # a valid, empty WAV all the same
+            pipeline.join(timeout=2 * opts.budget)  # (it queues nothing more: the log gets its last line)
             st = sink.stats()
             self.stats.underruns = st.ring_underruns
             self.stats.device_underflows = getattr(st, "underflows", 0)
             self.stats.seconds = st.frames / sr
+
+    def _nothing_heard(self) -> str:
+        st = self.source.stats()
+        if st.received == 0:
+            return f"no message came from {self.source.uri}"
+        reasons = ", ".join(f"{k} x{n}" for k, n in sorted(st.reasons.items()))
+        return f"{st.received} messages came from {self.source.uri}, none valid ({reasons})"
 
     def _pipeline(self) -> None:
         try:
@@ -612,5 +885,21 @@ class Session:
                 if seg is None or self._stop.is_set():
                     break
                 self._record(self._process(seg, self.clock.now))
+        except _Closing:
+            pass
         except Exception:
             log.exception("the pipeline failed; the session stops")
+
+
+class Rendered(msgspec.Struct, frozen=True):
+    """Where and when a rendered segment entered the music."""
+
+    queued_at: float
+    start_frame: int
+    late: bool
+    need: float
+    anchor: Any
+    join: str
+    """How it entered: the mixer's join (a late one became a transition)."""
+    first: float | None = None
+    """Monotonic time its first chunk was queued."""

@@ -96,15 +96,44 @@ def limit_words(text: str, limit: int = MAX_WORDS) -> tuple[str, bool]:
     return cut, True
 
 
+_SEPARATOR = re.compile(
+    r"(\s*(?:[,;:()]|\.(?=\s|$)|\b(?:and|with|featuring|plus|over|under)\b)\s*)", re.IGNORECASE
+)
+_ITEM_WORDS: Final = 5
+"""A list item with an avoided word and at most this many words goes as a whole ("a string quartet")."""
+
+
 def enforce_profile(text: str, profile: Profile) -> str:
-    """Remove words the listener avoids (a backend may ignore the prompt's request)."""
-    for word in profile.avoided():
-        pattern = re.compile(rf"\b{re.escape(word)}s?\b", re.IGNORECASE)
-        if pattern.search(text):
-            log.info("profile %s: removed avoided %r from the description", profile.name, word)
-            text = pattern.sub("", text)
-    text = re.sub(r"\s+([,.;])", r"\1", " ".join(text.split()))
-    return re.sub(r"(?:,\s*){2,}", ", ", text)
+    """Take what the listener avoids out of a description (a backend may ignore the prompt's
+    request): any word form or synonym of an avoided instrument or genre (see
+    :meth:`Profile.avoided`). A short list item that holds one ("thumping drums", "a string
+    quartet") goes as a whole, with its separator; in a longer phrase only the words go."""
+    matcher = profile.matcher()
+    if matcher is None or not matcher.search(text):
+        return text
+    found = sorted({m.group(0).lower() for m in matcher.finditer(text)})
+    log.info("profile %s: removed avoided %s from the description", profile.name, ", ".join(map(repr, found)))
+    parts = _SEPARATOR.split(text)  # items at even indexes, separators at odd ones
+    for i in range(0, len(parts), 2):
+        item = parts[i]
+        if not matcher.search(item):
+            continue
+        if len(item.split()) <= _ITEM_WORDS:
+            parts[i] = ""
+            # Drop the separator after it (or, at the end, the one before it) unless it ends a sentence.
+            if i + 1 < len(parts) and parts[i + 1].strip() not in (".", ")"):
+                parts[i + 1] = " " if parts[i + 1].strip() in ("and", "with", "featuring", "plus") else ""
+            elif i - 1 >= 0 and parts[i - 1].strip() not in (":", "("):
+                parts[i - 1] = ""
+        else:
+            parts[i] = matcher.sub("", item)
+    text = "".join(parts)
+    text = re.sub(r"\s+([,.;:)])", r"\1", " ".join(text.split()))
+    text = re.sub(r"(?:,\s*){2,}", ", ", text)
+    text = re.sub(r"\b(and|with|featuring|plus)\s+(?=[,.;:]|and\b|with\b|$)", "", text, flags=re.IGNORECASE)
+    text = re.sub(r"([:;,])\s*([.;,])", r"\2", text)
+    text = re.sub(r"\(\s*\)", "", text)
+    return " ".join(text.split()).strip(" ,;:")
 
 
 def _call(backend: TextBackend, request: StageRequest) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -153,6 +154,11 @@ class Window(Struct, kw_only=True):
     trigger: str
     """Why the segment ended: interval, combat_start, combat_end, dimension, health_drop, end; or
     start, the prelude handed off at the first sample so music can begin at once."""
+    change: str | None = None
+    """What a listener would notice changed since the scene playing before ("night", "rain",
+    "underground", "combat"), or None when the scene holds."""
+    changed_at: float | None = None
+    """Session time of the first sample that saw the scene as it is at the window's end."""
 
 
 class Envelope(Struct, kw_only=True):
@@ -184,6 +190,49 @@ def phase_of_ticks(ticks: int) -> Phase:
 
 def normalize_key(key: str) -> str:
     return "_".join(key.replace("-", " ").replace("_", " ").lower().split())
+
+
+_ESCAPE_SEQUENCE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+"""Terminal escape sequences (CSI such as a screen clear, OSC such as a window title, two-byte ones)."""
+_UNSAFE_CATEGORIES: Final = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Control, format (bidi overrides, zero-width), surrogate, private-use, unassigned, line/paragraph
+separators: characters a terminal may execute or that reorder or hide what is shown."""
+
+
+def clean_string(text: str) -> str:
+    """``text`` without terminal escape sequences and unsafe characters (see
+    :data:`_UNSAFE_CATEGORIES`). Every string of a live message is cleaned on arrival, so nothing
+    a game sends reaches a terminal, a log or a prompt as a control character."""
+    if text.isascii() and text.isprintable():
+        return text
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    return "".join(c for c in text if unicodedata.category(c) not in _UNSAFE_CATEGORIES)
+
+
+def printable(text: str) -> str:
+    """One line for a terminal: characters that are not printable escaped (``\\x1b``, ``\\u202e``).
+    For text that did not come through :func:`parse_message` (a model's output, a file name)."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable() or c == " ":
+            out.append(c)
+        elif ord(c) < 0x100:
+            out.append(f"\\x{ord(c):02x}")
+        else:
+            out.append(f"\\u{ord(c):04x}")
+    return "".join(out)
+
+
+def _clean_tree(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_string(value)
+    if isinstance(value, dict):
+        return {clean_string(k) if isinstance(k, str) else k: _clean_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_tree(v) for v in value]
+    return value
 
 
 def _check_tree(value: Any, depth: int = 0) -> None:
@@ -219,6 +268,7 @@ def parse_message(data: bytes | str, *, token: str | None = None) -> tuple[Scene
     if not isinstance(raw, dict):
         raise MessageError("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     _check_tree(raw)
+    raw = _clean_tree(raw)
     version = raw.get("v")
     if version != PROTOCOL_VERSION:
         raise MessageError("unknown_version", f"v={version!r}, this runtime speaks v={PROTOCOL_VERSION}")
@@ -262,6 +312,13 @@ def state_from_dict(data: dict[str, Any]) -> SceneState:
 
 def json_schema() -> dict[str, Any]:
     schema = msgspec.json.schema(SceneState)
+    top = schema["$defs"]["SceneState"] if "$defs" in schema and "$ref" in schema else schema
+    # The envelope travels with the state; unknown top-level fields are accepted (kept in "extra").
+    props = top["properties"]
+    props["t"] = {"type": "number", "description": "sender time in seconds (replay files: required)"}
+    props["token"] = {"type": "string", "description": "the shared secret, when the listener has one"}
+    top["additionalProperties"] = True
+    top["required"] = ["v"]
     schema["$comment"] = (
         f"metabgm-edge live-state protocol v{PROTOCOL_VERSION}. Send one JSON object per datagram "
         f"(UDP) or text frame (WebSocket), at most {MAX_MESSAGE_BYTES} bytes, nested at most "

@@ -24,14 +24,17 @@ import argparse
 import bisect
 import csv
 import hashlib
+import io
 import json
+import lzma
 import re
 import sys
 from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CSV = ROOT.parent / "shared" / "data" / "musiccaps" / "musiccaps-public-dev.csv"
+DEFAULT_CSV = ROOT / "data" / "musiccaps" / "musiccaps-public-dev.csv"
+"""The committed copy (the same bytes as the shared CSV)."""
 DEFAULT_OUT = ROOT / "metabgm_edge" / "text" / "vocabulary.json"
 MIN_COUNT = 2
 
@@ -130,8 +133,18 @@ def term_pattern(term: str, plural: bool) -> re.Pattern[str]:
     return re.compile(rf"(?:{body})(?![a-z])")
 
 
+def read_bytes(path: Path) -> bytes:
+    """The CSV's bytes (an ``.xz`` file is decompressed)."""
+    raw = path.read_bytes()
+    return lzma.decompress(raw) if path.suffix == ".xz" else raw
+
+
+def csv_name(path: Path) -> str:
+    return path.name[: -len(".xz")] if path.suffix == ".xz" else path.name
+
+
 def read_clips(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with io.TextIOWrapper(io.BytesIO(read_bytes(path)), newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         missing = {"caption", "aspect_list"} - set(reader.fieldnames or ())
         if missing:
@@ -186,7 +199,7 @@ def collocations(corpus: Corpus, instruments: tuple[str, ...], descriptors: set[
 def build(csv_path: Path) -> dict:
     clips = read_clips(csv_path)
     corpus = Corpus(clips)
-    digest = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    digest = hashlib.sha256(read_bytes(csv_path)).hexdigest()
     categories: dict[str, dict[str, int]] = {}
     rare: dict[str, dict[str, int]] = {}
     for name, terms in CATEGORIES.items():
@@ -200,7 +213,7 @@ def build(csv_path: Path) -> dict:
         "license": "CC BY-SA 4.0",
         "source": {
             "dataset": "MusicCaps, development split (about 80% of 5,521 captions, fixed by clip id)",
-            "file": csv_path.name,
+            "file": csv_name(csv_path),
             "sha256": digest,
             "clips": len(clips),
         },

@@ -34,7 +34,7 @@ import numpy as np
 SR = 32000
 HERE = Path(__file__).resolve().parent
 SUBSET = HERE / "data" / "musiccaps-listening.csv"
-DEV_CSV = HERE.parent.parent / "shared" / "data" / "musiccaps" / "musiccaps-public-dev.csv"
+DEV_CSV = HERE.parent / "data" / "musiccaps" / "musiccaps-public-dev.csv"
 PER_GROUP = 36
 
 # --- the groups ---------------------------------------------------------------------------------

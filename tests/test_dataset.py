@@ -261,7 +261,7 @@ def test_dataset_cli_and_bad_input(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert (
-        done.stderr.strip().splitlines()[-1].startswith("error: ") and "missing column(s) ytid" in done.stderr
+        done.stderr.strip().splitlines()[-1].startswith("Error: ") and "missing column(s) ytid" in done.stderr
     )
     assert "Traceback" not in done.stderr
 

@@ -85,6 +85,7 @@ def test_the_hand_encoded_test_model_is_valid_onnx() -> None:
     assert doctor.try_provider("CPUExecutionProvider")[0] == "ok"
 
 
+@pytest.mark.may_skip  # skips only where it does not apply (a GPU build, another OS)
 def test_a_provider_this_onnxruntime_lacks_is_missing_not_an_error() -> None:
     import onnxruntime as ort
 

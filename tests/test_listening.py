@@ -89,12 +89,9 @@ def test_subset_is_attributed_and_chosen_by_rule() -> None:
     assert len(groups["major"]) + len(groups["minor"]) >= 50
     for mode in ("major", "minor"):  # the mode groups are what the captions name
         assert all(mode_named(c.caption) == mode for c in groups[mode])
-    # Re-choosing from the dev split gives the committed subset (where the split is at hand).
-    dev = [Path(__file__).resolve().parents[2] / "shared/data/musiccaps/musiccaps-public-dev.csv",
-           Path("/work/shared/data/musiccaps/musiccaps-public-dev.csv")]  # fmt: skip
-    csv = next((p for p in dev if p.is_file()), None)
-    if csv is not None:
-        assert choose_groups(read_rows(csv)) == load_subset()
+    # Re-choosing from the dev split (committed in data/musiccaps) gives the committed subset.
+    csv = Path(__file__).resolve().parents[1] / "data" / "musiccaps" / "musiccaps-public-dev.csv"
+    assert choose_groups(read_rows(csv)) == load_subset()
 
 
 # --- captions, group against group ----------------------------------------------------------------

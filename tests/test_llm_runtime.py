@@ -305,6 +305,7 @@ def test_llm_text_is_a_text_backend(tiny_bundle: Path) -> None:
     assert 0 < len(direct.token_ids) <= 12
 
 
+@pytest.mark.may_skip  # skips only where it does not apply (a GPU build, another OS)
 @pytest.mark.export
 def test_gpu_bundle_falls_back_to_cpu_with_the_reasons_logged(
     tiny_bundle: Path, tmp_path: Path, caplog

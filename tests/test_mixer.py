@@ -166,3 +166,85 @@ def test_synth_segments_join_without_clicks() -> None:
         for at in range(join, join + XF + 1, XF // 4):
             assert worst_jump_ratio(out, at) < 1.5, (k, at)
     assert np.abs(out).max() < 1.0
+
+
+class FakeReader:
+    """What a feeder does for the mixer: a buffer of frames read ahead and not heard yet, given
+    back on a join (all but ``keep`` of them)."""
+
+    def __init__(self, mixer: Mixer, keep: int) -> None:
+        self.m = mixer
+        self.keep = keep
+        self.heard = 0  # stream frame the listener is at
+        mixer.set_retractor(self.retract)
+
+    def retract(self, frame: int) -> int:
+        return max(frame, self.heard + self.keep, 0) if frame < self.m.read_frame else self.m.read_frame
+
+
+def test_an_appended_segment_joins_at_its_join_frame_even_after_the_tail_was_read_ahead() -> None:
+    """A deep ring reads on into the tail (the music going on); the next segment still joins where
+    the body ended, and what was read ahead is given back (bit for bit the same music)."""
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    reader = FakeReader(m, keep=SR // 10)
+    a = _noise(3.0, 1)  # body 2 s, tail 1 s
+    m.append(a, SR)
+    ahead = m.read(round(2.3 * SR))  # 0.3 s into the tail
+    np.testing.assert_array_equal(ahead, np.concatenate([fade_in_ref(a[:XF]), a[XF : round(2.3 * SR)]]))
+    reader.heard = round(1.5 * SR)  # the listener is 0.5 s before the join
+    b = _noise(2.0, 2)
+    m.append(b, XF)
+    assert m.stats.retracted_frames == round(0.3 * SR) and m.stats.late_joins == 0
+    assert m.read_frame == 2 * SR  # reading goes on from the join
+    out = m.read(XF + SR // 2)
+    np.testing.assert_allclose(out[:XF], crossfade(a[2 * SR : 2 * SR + XF], b[:XF]), atol=1e-6)
+    np.testing.assert_array_equal(out[XF:], b[XF : XF + SR // 2])
+
+
+def fade_in_ref(head: np.ndarray) -> np.ndarray:
+    from metabgm_edge.audio.dsp import fade
+
+    return fade(head, out=False)
+
+
+def test_a_transition_cuts_in_right_behind_what_is_about_to_be_heard() -> None:
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    reader = FakeReader(m, keep=SR // 10)
+    old = _sine(220, 10.0)
+    m.append(old, XF)
+    m.read(2 * SR)  # 2 s read ahead of the listener
+    reader.heard = SR
+    m.transition(_sine(660, 3.0, phase=1.0), XF)
+    assert m.read_frame == SR + SR // 10  # back to 0.1 s after the listener, not 1 s later
+    assert m.stats.retracted_frames == 2 * SR - (SR + SR // 10) and m.stats.transitions == 1
+
+
+def test_a_late_segment_joins_on_the_beat_after_its_join_frame() -> None:
+    """No reader gives anything back (fast mode): a segment continuing the music from its join
+    frame, when that frame has already been read, enters later with its first frames skipped, so
+    it stays aligned with the music it continues."""
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    a = _noise(3.0, 3)  # body 2 s, tail 1 s
+    m.append(a, SR)
+    m.read(round(2.2 * SR))  # 0.2 s past the join frame
+    seg = m.begin("append", XF)
+    b = _noise(2.0, 4)
+    seg.add(b)
+    seg.end()
+    assert seg.late and seg.start_frame == round(2.2 * SR) and seg.skipped == round(0.2 * SR)
+    assert m.stats.late_joins == 1
+    out = m.read(XF + 100)
+    skip = round(0.2 * SR)
+    old_side = a[skip + 2 * SR : skip + 2 * SR + XF]
+    np.testing.assert_allclose(out[:XF], crossfade(old_side, b[skip : skip + XF]), atol=1e-6)
+
+
+def test_reading_ahead_never_starves_while_the_tail_lasts_and_the_fade_reserve_is_kept() -> None:
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    a = _noise(3.0, 5)
+    m.append(a, SR)  # body 2 s + tail 1 s: 2.5 s readable, the last crossfade is the fade reserve
+    assert m.ahead_seconds == pytest.approx(2.5)
+    m.read(round(2.5 * SR))
+    assert m.stats.starvations == 0
+    m.read(100)
+    assert m.stats.starvations == 1

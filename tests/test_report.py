@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import struct
 import sys
@@ -54,7 +56,7 @@ def test_report_of_a_real_session_is_a_readable_png(session_files: tuple[Path, P
     out = tmp_path / "report.png"
     result = CliRunner().invoke(main, ["report", str(log_path), "--audio", str(wav), "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.output
+    assert result.output.count("wrote") == 1 and f"wrote {out}" in result.output  # said once
     width, height = png_size(out)
     assert 1200 <= width <= 4000
     assert 900 <= height <= 6000
@@ -107,7 +109,9 @@ def test_every_panel_shares_the_session_time_axis(session_files: tuple[Path, Pat
 def test_malformed_lines_are_skipped_with_their_line_numbers(
     session_files: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    good = session_files[0].read_text(encoding="utf-8").splitlines()
+    good = [
+        line for line in session_files[0].read_text(encoding="utf-8").splitlines() if '"summary"' not in line
+    ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(
         "\n".join([
@@ -161,9 +165,9 @@ def test_an_appended_log_reports_the_last_session_unless_asked(
     text = session_files[0].read_text(encoding="utf-8")
     first = text.splitlines()[:3]
     twice = tmp_path / "twice.jsonl"
-    twice.write_text("\n".join(first) + "\n" + text, encoding="utf-8")  # play appends to its log
+    twice.write_text("\n".join(first) + "\n" + text, encoding="utf-8")  # two logs in one file
     sessions = load_log(twice)
-    assert [len(s) for s in sessions] == [3, len(text.splitlines())]
+    assert [len(s) for s in sessions] == [3, len(text.splitlines()) - 1]  # the summary line is no record
     with caplog.at_level(logging.WARNING, logger="metabgm_edge.report"):
         assert pick_session(sessions, None, twice) is sessions[-1]
     assert "holds 2 sessions" in caplog.text
@@ -176,13 +180,41 @@ def test_a_transition_drops_queued_music_that_was_never_heard(session_files: tup
     records = load_log(session_files[0])[-1]
     start, second, third = records[0], records[1], records[2]
     # start plays [0, 20); the next segment is appended after it; a transition at 12 s cuts in.
-    cut = msgspec.structs.replace(third, join="transition", queued_at=12.0, audio_seconds=20.0)
+    old = {"heard_at": None, "audible_at": None}  # a log from before the scheduler logged heard_at
+    cut = msgspec.structs.replace(third, join="transition", queued_at=12.0, audio_seconds=20.0, **old)
     spans = heard_spans([
-        msgspec.structs.replace(start, queued_at=0.0, audio_seconds=20.0),
-        msgspec.structs.replace(second, join="append", queued_at=10.0, audio_seconds=10.0),
+        msgspec.structs.replace(start, queued_at=0.0, audio_seconds=20.0, **old),
+        msgspec.structs.replace(second, join="append", queued_at=10.0, audio_seconds=10.0, **old),
         cut,
     ])  # fmt: skip
     assert [(h.index, h.start, h.end) for h in spans] == [(start.index, 0.0, 12.0), (third.index, 12.0, 32.0)]
+
+
+def test_heard_spans_follow_the_logged_joins(session_files: tuple[Path, Path]) -> None:
+    records = load_log(session_files[0])[-1]
+    spans = heard_spans(records)
+    # A segment a sharp change cut in before (its join was still ahead) is never heard.
+    heard = [
+        r for i, r in enumerate(records) if all(r.heard_at < later.heard_at for later in records[i + 1 :])
+    ]
+    assert len(heard) >= len(records) - 1
+    assert [h.index for h in spans] == [r.index for r in heard]
+    for span, rec in zip(spans, heard, strict=True):
+        assert span.start == rec.heard_at
+    for span, after in itertools.pairwise(spans):
+        assert span.end == pytest.approx(after.start)
+
+
+def test_a_pretty_printed_json_file_is_refused_in_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps({"index": 0, "start": 0.0, "nested": {"a": [1, 2, 3]}}, indent=2) * 1)
+    result = CliRunner().invoke(main, ["report", str(pretty), "--out", str(tmp_path / "x.png")])
+    assert result.exit_code == 1
+    assert "one JSON document" in result.output and "one JSON object per line" in result.output
+    assert result.output.count("not a session-log record") == 5  # not one warning per line of it
+    assert "more lines skipped (lines 6-" in result.output
 
 
 def test_stft_finds_a_tone_where_and_when_it_plays() -> None:

@@ -139,3 +139,87 @@ def test_read_into_allocates_no_sample_memory() -> None:
     finally:
         tracemalloc.stop()
     assert peak - base < 4096, f"read_into allocated {peak - base} bytes"
+
+
+def test_retract_takes_back_only_unread_frames_beyond_the_guard() -> None:
+    ring = RingBuffer(1000, 2)
+    ring.write(_frames(0, 600))
+    out = np.empty((100, 2), dtype=np.float32)
+    ring.read_into(out)  # the consumer read 100 (its largest block: 100)
+    assert ring.guard_frames() == 300  # three of the consumer's largest blocks
+    assert ring.retract(1000) == 200  # 500 unread, 300 of them kept
+    assert ring.available_frames == 300 and ring.retracted_frames == 200
+    ring.write(_frames(10_000, 50))  # new audio goes where the taken-back frames were
+    rest = np.empty((350, 2), dtype=np.float32)
+    assert ring.read_into(rest) == 350
+    np.testing.assert_array_equal(rest, np.concatenate([_frames(100, 300), _frames(10_000, 50)]))
+    assert ring.retract(10) == 0  # nothing unread is left beyond the guard
+
+
+def test_retractions_never_tear_what_the_consumer_reads() -> None:
+    """A producer that keeps taking back and rewriting the frames the consumer has not read, and a
+    consumer reading on another thread: the consumer gets exactly the producer's final stream, in
+    order, never a frame that was taken back and never a mix of old and new."""
+    ring = RingBuffer(4099, 2)
+    total = 400_000
+    committed: list[np.ndarray] = []  # the producer's stream after its retractions
+    received: list[np.ndarray] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def producer() -> None:
+        rng = np.random.default_rng(3)
+        value = 0
+        length = 0
+        try:
+            while length < total:
+                if rng.random() < 0.05:
+                    n = ring.retract(int(rng.integers(1, 3000)))
+                    while n > 0:  # drop them from the committed stream
+                        last = committed.pop()
+                        if last.shape[0] > n:
+                            committed.append(last[: last.shape[0] - n])
+                            length -= n
+                            n = 0
+                        else:
+                            n -= last.shape[0]
+                            length -= last.shape[0]
+                    continue
+                k = int(rng.integers(1, 500))
+                block = _frames(value, k)
+                value += k
+                got = ring.write(block)
+                if got:
+                    committed.append(block[:got])
+                    length += got
+                else:
+                    time.sleep(0)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            done.set()
+
+    def consumer() -> None:
+        rng = np.random.default_rng(4)
+        out = np.empty((256, 2), dtype=np.float32)
+        try:
+            while not done.is_set() or ring.available_frames:
+                n = ring.read_available_into(out[: int(rng.integers(1, 256))])
+                if n:
+                    received.append(out[:n].copy())
+                else:
+                    time.sleep(0)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=producer), threading.Thread(target=consumer)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    got = np.concatenate(received)
+    want = np.concatenate(committed)
+    assert ring.retracted_frames > 10_000  # it really took back a lot
+    np.testing.assert_array_equal(got, want[: got.shape[0]])
+    assert got.shape[0] == want.shape[0]

@@ -375,3 +375,53 @@ def test_device_output_equals_the_wav_it_tees(pulse_null_sink: PulseSink, tmp_pa
     allowed = 0 if stats.underflows == 0 else min(total // 10, 3 * stats.underflows)
     assert total > 40
     assert matched >= total - allowed, f"{matched}/{total} chunks bit-exact; {stats.underflows} underflows"
+
+
+def _tone(freq: float, seconds: float) -> np.ndarray:
+    t = np.arange(round(seconds * SR)) / SR
+    x = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([x, x], axis=1)
+
+
+def _band_energy(x: np.ndarray, freq: float) -> float:
+    t = np.arange(x.shape[0]) / SR
+    return float(abs(np.dot(x[:, 0], np.exp(-2j * np.pi * freq * t))))
+
+
+@pytest.mark.parametrize("retract", [True, False], ids=["deep ring gives back", "without giving back"])
+def test_a_transition_is_heard_right_away_although_the_ring_holds_a_second(
+    tmp_path: Path, retract: bool
+) -> None:
+    """The ring is a second deep so that a busy machine cannot starve the device; a transition takes
+    back what the device has not played and is heard within the guard plus one crossfade."""
+    ring = RingBuffer(2 * SR, 2)
+    mixer = Mixer(SR, 2, crossfade_s=0.1)
+    feeder = Feeder(mixer, ring, target_seconds=1.0, realtime=True)
+    if not retract:
+        mixer.set_retractor(None)
+    sink = FileSink(ring, wav_path=tmp_path / "t.wav", paced=True)
+    mixer.append(_tone(220, 6.0), round(0.1 * SR))
+    feeder.start()
+    while ring.available_frames < SR * 0.9:
+        time.sleep(0.005)
+    sink.start()
+    time.sleep(1.5)
+    heard = ring.frames_read  # what the device has taken when the scene changes
+    mixer.transition(_tone(880, 3.0), round(0.1 * SR))
+    time.sleep(2.0)
+    feeder.finish(timeout=5)
+    feeder.stop()
+    sink.stop(drain=True, timeout=5)
+    out, _ = read_wav(tmp_path / "t.wav")
+    win = SR // 50
+    first_new = next(
+        i for i in range(heard, out.shape[0] - win, win // 2)
+        if _band_energy(out[i : i + win], 880) > _band_energy(out[i : i + win], 220)
+    )  # fmt: skip
+    delay = (first_new - heard) / SR
+    if retract:
+        assert delay < feeder.guard() / SR + 0.1 + 0.1, delay  # guard + crossfade (+ a block)
+        assert mixer.stats.retracted_frames > SR // 2
+    else:
+        assert delay > 0.6, delay  # the whole ring's depth would have been in the way
+    assert sink.stats().ring_underruns == 0

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +145,78 @@ def test_prompts_load_from_an_installed_wheel(tmp_path: Path, repo_root: Path) -
     assert run.returncode == 0, run.stderr
     assert str(site) in run.stdout.splitlines()[0]
     assert "no more than 20 words" in run.stdout
+
+
+# -- the listener's avoid lists: word forms, synonyms, and the audio side ---------------------------
+
+AVOIDS = Profile(name="no-drums-no-strings", avoid_instruments=["drums", "strings"], avoid_genres=["metal"])
+
+
+@pytest.mark.parametrize(
+    ("text", "gone", "kept"),
+    [
+        ("A tense piece with a string quartet and soft piano.", ["string", "quartet"], ["soft piano"]),
+        (
+            "Battle music: driving drumming, a drummer's fills, heavy drumbeats and brass.",
+            ["drum"],
+            ["brass"],
+        ),
+        ("Ambient pads over hand percussion and violins, slow.", ["percussion", "violin"], ["pads", "slow"]),
+        ("Epic orchestral music with thundering timpani, cellos and choir.", ["timpani", "cello"], ["choir"]),
+        ("Heavy metal riffs, distorted guitar.", ["metal"], ["distorted guitar"]),
+        (
+            "A stringent, organic harpsichord theme, beating with life.",
+            [],
+            ["stringent", "harpsichord", "beating"],
+        ),
+    ],
+)
+def test_avoided_instruments_go_in_every_word_form_and_synonym(
+    text: str, gone: list[str], kept: list[str]
+) -> None:
+    out = enforce_profile(text, AVOIDS)
+    for word in gone:
+        assert word not in out.lower(), out
+    for word in kept:
+        assert word in out, out
+    assert "  " not in out and ", ," not in out and " ." not in out and not out.startswith(","), out
+
+
+class Scripted:
+    """A text backend that ignores the profile, as an LLM may: it always writes ``description``."""
+
+    name = "scripted"
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+
+    def generate(self, request: StageRequest) -> str:
+        return "A scene." if request.stage == "narrative" else self.description
+
+
+def test_the_synthesizer_leaves_out_what_the_listener_avoids(tmp_path: Path) -> None:
+    """The audio side too: a groovy rhythm brings drums of their own accord, "bowed" strings are
+    strings; with the profile the audio backend is told what to leave out and plays neither."""
+    from metabgm_edge.audio import open_audio_backend
+    from metabgm_edge.scheduler import PlayOptions, Session
+    from metabgm_edge.sources import open_source
+
+    description = "An energetic, groovy anthem at 140 BPM in E minor with electric guitar and bowed strings."
+
+    def anchor(profile: Profile) -> Any:
+        s = Session(
+            open_source("sim:forest"), Scripted(description), open_audio_backend("synth"),
+            options=PlayOptions(fast=True, duration=12.0), profile=profile, use_device=False,
+        )  # fmt: skip
+        s.run()
+        return s._anchor
+
+    free = anchor(Profile())
+    assert free.drums is not None and "strings" in free.instruments  # what the description asks for
+    kept_out = anchor(AVOIDS)
+    assert kept_out.drums is None
+    assert not {"strings", "cello", "pizz"} & set(kept_out.instruments), kept_out.instruments
+    assert (
+        AVOIDS.audio_description("Calm piano.")
+        == "Calm piano. Without drums, without strings, without cello."
+    )

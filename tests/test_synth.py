@@ -321,3 +321,17 @@ def test_parse_description() -> None:
     assert parse_description("steady rhythm, strings").drums is True
     assert parse_description("waltz with strings").meter == 3
     assert parse_description("").instruments == ()
+
+
+@pytest.mark.parametrize("first_chunk", [0.0, 3.0])
+def test_a_mono_synthesizer_plays_the_same_music_mixed_down(first_chunk: float) -> None:
+    """The synthesizer stands in for a mono model (musicgen-small) in the model's own format."""
+    text = "calm piano and strings at 84 BPM in D minor"
+    stereo, a = render(ProceduralSynth(), text, 6.0, tail=0.5, seed=3, first_chunk=first_chunk)
+    mono, b = render(open_audio_backend("synth", channels=1), text, 6.0, tail=0.5, seed=3,
+                     first_chunk=first_chunk)  # fmt: skip
+    assert mono.shape == (stereo.shape[0], 1) and mono.dtype == np.float32
+    assert np.allclose(mono[:, 0], stereo.mean(axis=1), atol=1e-6)
+    assert a.to_bytes() == b.to_bytes()  # the same anchor: either continues the other
+    with pytest.raises(ValueError, match="mono or stereo"):
+        ProceduralSynth(channels=6)

@@ -11,7 +11,8 @@ Every audio backend follows it, and nothing outside a backend imports the backen
   segment begins). A caller may queue the first chunk before the segment is finished.
 - :class:`Anchor`: the paper's melodic anchor, the backend's own type (the synthesizer's key,
   tempo, motif and notes; MusicGen's codes of the last seconds), with ``to_bytes`` /
-  ``from_bytes`` and a one-line ``summary`` for logs. :func:`anchor_to_metadata` and
+  ``from_bytes`` and a one-line ``summary`` for logs; optionally a :class:`BarGrid` (where its
+  bar lines are), which lets the scheduler join the next segment at a bar line. :func:`anchor_to_metadata` and
   :func:`continue_from` store it in and read it from a WAV's metadata for every backend.
 
 Backends: ``synth`` (:mod:`.procedural`, numpy only, the embedded default) and MusicGen bundles
@@ -32,10 +33,12 @@ from metabgm_edge.audio.interface import (
     AudioBackend,
     AudioChunk,
     AudioRequest,
+    BarGrid,
     anchor_from_metadata,
     anchor_to_metadata,
     continue_from,
     interleave,
+    next_join_point,
     render,
     single,
 )
@@ -50,10 +53,12 @@ __all__ = [
     "AudioBackend",
     "AudioChunk",
     "AudioRequest",
+    "BarGrid",
     "anchor_from_metadata",
     "anchor_to_metadata",
     "continue_from",
     "interleave",
+    "next_join_point",
     "open_audio_backend",
     "render",
     "single",
@@ -66,12 +71,13 @@ __all__ = [
 def open_audio_backend(spec: str | None = None, **options: Any) -> AudioBackend:
     """``None`` or ``"synth"``: the embedded procedural synthesizer (no weights). A folder: a
     MusicGen bundle made by ``metabgm-edge export musicgen``. Anything else raises BackendError
-    saying what is available. ``options`` go to the MusicGen loader (``providers``, ``threads``)."""
+    saying what is available. ``options`` go to the MusicGen loader (``providers``, ``threads``);
+    the synthesizer takes ``channels`` (1 stands in for a mono model)."""
     name = (spec or "synth").strip()
     if name.lower() in ("synth", "procedural", "default"):
         from metabgm_edge.audio.procedural import ProceduralSynth
 
-        return ProceduralSynth()
+        return ProceduralSynth(**{k: v for k, v in options.items() if k == "channels"})
     path = Path(name).expanduser()
     if path.is_dir():
         try:

@@ -43,6 +43,52 @@ class Anchor(Protocol):
         ...
 
 
+@runtime_checkable
+class BarGrid(Protocol):
+    """An optional :class:`Anchor` capability: the music has bars, so a join can wait for a bar
+    line. The synthesizer's anchors have it; an anchor without it (MusicGen's) joins where it is."""
+
+    def seconds_to_bar(self) -> float:
+        """Seconds from the anchor's point to the next bar line of its music (0 on a bar line)."""
+        ...
+
+    def bar_seconds(self) -> float:
+        """The length of one bar, in seconds."""
+        ...
+
+    def beats_per_bar(self) -> int: ...
+
+
+MAX_JOIN_STEP_S: Final = 2.5
+"""Longest wait for a natural join point: bars longer than this are split on their beats (a 4/4
+bar at 80 BPM joins on its first or third beat)."""
+
+
+def next_join_point(anchor: Any, after: float = 0.0, *, max_step: float = MAX_JOIN_STEP_S) -> float | None:
+    """Seconds from ``anchor``'s point to the first natural point of its music (a bar line, or a
+    beat that divides a long bar into parts of at most ``max_step``) at or after ``after`` seconds.
+    None when the anchor has no :class:`BarGrid`."""
+    if not isinstance(anchor, BarGrid):
+        return None
+    try:
+        bar = float(anchor.bar_seconds())
+        first = float(anchor.seconds_to_bar())
+        beats = max(1, int(anchor.beats_per_bar()))
+    except Exception as exc:  # a damaged anchor: join without the grid
+        log.warning("the anchor's bar grid is unusable (%s); joining without it", exc)
+        return None
+    if not (bar > 0 and first >= 0) or bar != bar or first != first:
+        return None
+    parts = next((d for d in range(1, beats + 1) if beats % d == 0 and bar / d <= max_step), beats)
+    step = bar / parts
+    first = first % step
+    if first > step - 1e-6:
+        first = 0.0
+    if after <= first:
+        return first
+    return first + step * -(-(after - first - 1e-9) // step)
+
+
 class AudioRequest(Struct, kw_only=True, frozen=True):
     description: str
     seconds: float

@@ -24,10 +24,17 @@ import click
     required=True,
     help="A text backend to measure (repeat for several): composer, a bundle folder, http://HOST:PORT/v1.",
 )
-@click.option("--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True)
+@click.option(
+    "--mode", type=click.Choice(["two-stage", "direct"]), default="two-stage", show_default=True,
+    help="two-stage: narrative, then description (the paper's method); direct: the description at once.",
+)  # fmt: skip
 @click.option("--ablation", is_flag=True, help="Run direct and two-stage for every backend (Table I).")
 @click.option(
-    "--split", default="test", show_default=True, type=click.Choice(["train", "validation", "test"])
+    "--split",
+    default="test",
+    show_default=True,
+    type=click.Choice(["train", "validation", "test"]),
+    help="Which split of the scene pairs to score.",
 )
 @click.option("--limit", type=click.IntRange(min=1), help="Only the first N items of the split.")
 @click.option("--seed", default=0, show_default=True, help="Item i gets seed SEED + i.")

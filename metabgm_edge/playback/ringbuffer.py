@@ -7,14 +7,23 @@ given and zero-fills whatever it could not serve (an underrun, counted).
 
 Memory-ordering argument. Each side owns one counter and only reads the other's:
 ``_written`` (frames ever written, stored only by the producer) and ``_read`` (frames ever read,
-stored only by the consumer). Both only grow, so ``_written - _read`` is the fill level and the
-storage index is ``counter % capacity``; they never wrap (Python ints are unbounded).
+stored only by the consumer). Both only grow (but see Retraction below), so ``_written - _read``
+is the fill level and the storage index is ``counter % capacity``; they never wrap (Python ints
+are unbounded).
 
 - The producer first copies the frames into the free region, *then* publishes them by storing
   ``_written``. The consumer loads ``_written`` once, so it only ever copies frames whose copy
   finished before that store.
 - The consumer first copies the frames out, *then* frees them by storing ``_read``. The producer
   loads ``_read`` once, so it never overwrites frames the consumer is still copying.
+
+Retraction. The producer may take back frames it wrote that the consumer has not read
+(:meth:`RingBuffer.retract`: a scene change replaces the music queued ahead of the listener).
+It lowers ``_written``, never below ``_read`` plus a guard of frames the consumer may be reading
+right now: the guard is several times the largest block the consumer ever asked for, so a
+consumer that loaded the old ``_written`` copies only frames below the new one, which the producer
+does not overwrite. A consumer that finds ``_written`` below ``_read`` (it cannot, given the
+guard) treats the buffer as empty.
 
 In CPython a store or load of an attribute bound to an int is a single bytecode, atomic under the
 GIL, and the GIL hand-off between threads orders everything one thread did before the store
@@ -49,9 +58,13 @@ class RingBuffer:
         """Calls of :meth:`read_into` that could not be served in full."""
         self.underrun_frames = 0
         """Frames zero-filled because the buffer ran dry."""
-        # Producer-side counter.
+        self.max_block = 0
+        """The largest block the consumer asked for (how far it may read at once)."""
+        # Producer-side counters.
         self.overflow_frames = 0
         """Frames :meth:`write` could not take because the buffer was full."""
+        self.retracted_frames = 0
+        """Frames taken back by :meth:`retract` before the consumer read them."""
 
     # -- both sides ---------------------------------------------------------------------------
     @property
@@ -96,6 +109,21 @@ class RingBuffer:
         self._written = written + n  # publish only after the copy
         return n
 
+    def guard_frames(self, minimum: int = 0) -> int:
+        """Frames past the consumer's position that :meth:`retract` never takes back."""
+        return max(minimum, 3 * self.max_block, 256)
+
+    def retract(self, frames: int, *, guard: int = 0) -> int:
+        """Take back up to ``frames`` of the newest unread frames (producer side). Frames within
+        :meth:`guard_frames` of the consumer's position are kept. Returns how many were taken."""
+        written = self._written
+        keep = self._read + self.guard_frames(guard)
+        n = max(0, min(int(frames), written - keep))
+        if n:
+            self._written = written - n
+            self.retracted_frames += n
+        return n
+
     # -- consumer (audio callback) ------------------------------------------------------------
     def read_into(self, out: np.ndarray) -> int:
         """Fill ``out`` (shape (frames, channels)) with the oldest unread frames.
@@ -104,6 +132,8 @@ class RingBuffer:
         Takes no lock, allocates no sample memory and never raises for a well-formed ``out``.
         """
         want = out.shape[0]
+        if want > self.max_block:
+            self.max_block = want
         read = self._read
         n = min(want, self._written - read)
         if n > 0:
@@ -124,6 +154,8 @@ class RingBuffer:
     def read_available_into(self, out: np.ndarray) -> int:
         """Like :meth:`read_into` but takes at most what is available, without zero-filling or
         counting an underrun (for consumers that can wait, such as an unpaced file writer)."""
+        if out.shape[0] > self.max_block:
+            self.max_block = out.shape[0]
         read = self._read
         n = min(out.shape[0], self._written - read)
         if n <= 0:

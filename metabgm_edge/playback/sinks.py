@@ -31,8 +31,9 @@ import numpy as np
 from msgspec import Struct
 
 from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE
+from metabgm_edge.errors import MetabgmError
 from metabgm_edge.playback.ringbuffer import RingBuffer
-from metabgm_edge.playback.wav import WavWriter
+from metabgm_edge.playback.wav import WavWriter, open_wav_writer
 
 __all__ = [
     "DeviceInfo",
@@ -50,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class NoOutputDevice(RuntimeError):
+class NoOutputDevice(MetabgmError, RuntimeError):
     """The machine has no usable audio output device (the message says why and what to do)."""
 
 
@@ -326,7 +327,7 @@ class DeviceSink(Sink):
             self._open_stream()
         if self.wav_path is not None and self._tap is not None:
             self._tap_writer = _TapWriter(
-                self._tap, WavWriter(self.wav_path, self.sample_rate, self.ring.channels)
+                self._tap, open_wav_writer(self.wav_path, self.sample_rate, self.ring.channels)
             )
             self._tap_writer.start()
         self._underruns_at_start = self.ring.underruns
@@ -431,7 +432,7 @@ class FileSink(Sink):
         if self._thread is not None:
             return
         if self.wav_path is not None:
-            self._writer = WavWriter(self.wav_path, self.sample_rate, self.ring.channels)
+            self._writer = open_wav_writer(self.wav_path, self.sample_rate, self.ring.channels)
         self._underruns_at_start = self.ring.underruns
         self._underrun_frames_at_start = self.ring.underrun_frames
         self._thread = threading.Thread(target=self._run, name="metabgm-file-sink", daemon=True)
@@ -516,11 +517,14 @@ def open_sink(
     device: int | str | None = None,
     paced: bool = True,
     latency: float | str = "high",
+    strict_device: bool = False,
 ) -> Sink:
     """A device sink (teeing into ``wav_path`` when given) or, when there is no usable device, the
     named fallback: a file sink (paced like a device) with one warning saying why.
 
     ``use_device=False`` (``--fast``) skips the device and builds a file sink (``paced`` chooses).
+    ``strict_device``: the user named ``device``, so a device that cannot be used is an error
+    (:class:`NoOutputDevice`) instead of the fallback.
     """
     if use_device:
         try:
@@ -528,6 +532,8 @@ def open_sink(
                 ring, sample_rate=sample_rate, device=device, wav_path=wav_path, latency=latency
             )
         except NoOutputDevice as exc:
+            if strict_device:
+                raise
             where = f"writing {wav_path} only" if wav_path is not None else "playing into a null sink"
             log.warning("no audio output device: %s; %s", exc, where)
     return FileSink(ring, sample_rate=sample_rate, wav_path=wav_path, paced=paced)

@@ -1,10 +1,16 @@
-"""IEEE float32 WAV files, written incrementally and readable after an interrupted run.
+"""IEEE float32 WAV files of any length, written incrementally and readable after an interrupted run.
 
 :class:`WavWriter` writes the header first with provisional sizes, appends frames as they come
 and patches the sizes every ``sync_seconds`` of audio and on :meth:`WavWriter.close`, so a file
 cut short by Ctrl-C (or a crash) is still a valid WAV holding everything up to the last patch.
-An optional ``mbgm`` chunk after the data carries metadata (the synthesizer stores its anchor
-there so ``render --continue-from`` can continue the music).
+A recording has no size limit: the header reserves room (a ``JUNK`` chunk) for the 64-bit sizes of
+RF64 (EBU Tech 3306); a file stays a plain RIFF WAV up to 4 GiB (about 4.6 hours of 32 kHz stereo
+float32, 0.92 GB an hour) and becomes RF64 past that, which libsndfile, sox, ffmpeg and most
+editors read. An optional ``mbgm`` chunk after the data carries metadata (the synthesizer stores
+its anchor there so ``render --continue-from`` can continue the music).
+
+A destination that is not a regular file (``/dev/null``, a pipe) cannot be patched: the header is
+then written once with the "unknown size" values of a streamed WAV and never touched again.
 
 :func:`read_wav` reads what this module writes plus the usual PCM 16/24/32-bit and
 WAVE_FORMAT_EXTENSIBLE files (parec, sox, other tools), always returning float32 frames.
@@ -14,13 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 
-__all__ = ["WavInfo", "WavWriter", "read_wav", "write_wav"]
+from metabgm_edge.errors import MetabgmError
+
+__all__ = ["WavInfo", "WavWriter", "open_wav_writer", "read_wav", "write_wav"]
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +37,11 @@ _FORMAT_PCM = 1
 _FORMAT_FLOAT = 3
 _FORMAT_EXTENSIBLE = 0xFFFE
 _META_CHUNK = b"mbgm"
-# RIFF(12) + fmt (8 + 18) + fact (8 + 4) + data header (8)
-_HEADER_BYTES = 12 + 26 + 12 + 8
-_DATA_SIZE_AT = _HEADER_BYTES - 4
-_FACT_AT = 12 + 26 + 8
+_UNKNOWN = 0xFFFFFFFF
+# RIFF(12) + JUNK/ds64 (8 + 28) + fmt (8 + 18) + fact (8 + 4) + data header (8)
+_DS64_BYTES = 28
+_HEADER_BYTES = 12 + 8 + _DS64_BYTES + 26 + 12 + 8
+_RIFF_LIMIT = 0xFFFFFFFF
 
 
 class WavInfo:
@@ -63,35 +73,43 @@ class WavWriter:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115 (closed in close())
-        self._f.write(self._header(0))
-        self._f.flush()
+        try:
+            mode = os.fstat(self._f.fileno()).st_mode
+            self.streamed = not stat.S_ISREG(mode)
+            """Not a regular file (a pipe, /dev/null): sizes cannot be patched."""
+            self._f.write(self._header(None if self.streamed else 0))
+            self._f.flush()
+        except BaseException:
+            self._f.close()
+            self._f = None
+            raise
 
-    def _header(self, frames: int) -> bytes:
+    def _header(self, frames: int | None, extra: int = 0) -> bytes:
+        """The header for ``frames`` frames followed by ``extra`` bytes of chunks (None: unknown)."""
         block_align = 4 * self.channels
-        data_bytes = frames * block_align
-        riff_size = _HEADER_BYTES - 8 + data_bytes
         fmt = struct.pack(
-            "<HHIIHHH",
-            _FORMAT_FLOAT,
-            self.channels,
-            self.sample_rate,
-            self.sample_rate * block_align,
-            block_align,
-            32,
-            0,
-        )
+            "<HHIIHHH", _FORMAT_FLOAT, self.channels, self.sample_rate, self.sample_rate * block_align,
+            block_align, 32, 0,
+        )  # fmt: skip
+        if frames is None:
+            riff = b"RIFF" + struct.pack("<I", _UNKNOWN)
+            reserved = b"JUNK" + struct.pack("<I", _DS64_BYTES) + bytes(_DS64_BYTES)
+            fact, data_size = _UNKNOWN, _UNKNOWN
+        else:
+            data_bytes = frames * block_align
+            riff_size = _HEADER_BYTES - 8 + data_bytes + extra
+            if riff_size <= _RIFF_LIMIT:
+                riff = b"RIFF" + struct.pack("<I", riff_size)
+                reserved = b"JUNK" + struct.pack("<I", _DS64_BYTES) + bytes(_DS64_BYTES)
+                fact, data_size = frames, data_bytes
+            else:  # RF64: the 32-bit sizes say "see ds64"
+                riff = b"RF64" + struct.pack("<I", _UNKNOWN)
+                reserved = b"ds64" + struct.pack("<IQQQI", _DS64_BYTES, riff_size, data_bytes, frames, 0)
+                fact, data_size = min(frames, _UNKNOWN), _UNKNOWN
         return (
-            b"RIFF"
-            + struct.pack("<I", riff_size)
-            + b"WAVE"
-            + b"fmt "
-            + struct.pack("<I", len(fmt))
-            + fmt
-            + b"fact"
-            + struct.pack("<II", 4, frames)
-            + b"data"
-            + struct.pack("<I", data_bytes)
-        )
+            riff + b"WAVE" + reserved + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+            + b"fact" + struct.pack("<II", 4, fact) + b"data" + struct.pack("<I", data_size)
+        )  # fmt: skip
 
     @property
     def closed(self) -> bool:
@@ -107,8 +125,6 @@ class WavWriter:
             raise ValueError(f"{self.path}: the WAV writer is closed")
         if frames.ndim != 2 or frames.shape[1] != self.channels:
             raise ValueError(f"expected frames of shape (n, {self.channels}), got {frames.shape}")
-        if (self.frames + frames.shape[0]) * 4 * self.channels > 0xFFFFFFFF - _HEADER_BYTES:
-            raise ValueError(f"{self.path}: a WAV file cannot hold more than 4 GiB; start a new file")
         data = np.ascontiguousarray(frames, dtype="<f4")
         self._f.write(data.tobytes())
         self.frames += frames.shape[0]
@@ -121,12 +137,14 @@ class WavWriter:
         if self._f is None:
             return
         self._f.flush()
-        end = self._f.tell()
+        self._since_sync = 0
+        if self.streamed:
+            return
+        end = _HEADER_BYTES + self.frames * 4 * self.channels
         self._f.seek(0)
         self._f.write(self._header(self.frames))
         self._f.seek(end)
         self._f.flush()
-        self._since_sync = 0
 
     def set_metadata(self, data: bytes) -> None:
         """Store ``data`` in an ``mbgm`` chunk written after the audio on :meth:`close`."""
@@ -138,17 +156,15 @@ class WavWriter:
         f = self._f
         try:
             extra = b""
-            if self._metadata is not None:
+            if self._metadata is not None and not self.streamed:
                 pad = b"\0" if len(self._metadata) % 2 else b""
                 extra = _META_CHUNK + struct.pack("<I", len(self._metadata)) + self._metadata + pad
                 f.write(extra)
             f.flush()
-            end = f.tell()
-            f.seek(0)
-            header = bytearray(self._header(self.frames))
-            struct.pack_into("<I", header, 4, end - 8)
-            f.write(header)
-            f.flush()
+            if not self.streamed:
+                f.seek(0)
+                f.write(self._header(self.frames, len(extra)))
+                f.flush()
         finally:
             f.close()
             self._f = None
@@ -158,6 +174,15 @@ class WavWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_wav_writer(path: str | os.PathLike[str], sample_rate: int, channels: int = 2) -> WavWriter:
+    """A :class:`WavWriter`, or a :class:`MetabgmError` saying in one line why ``path`` cannot be
+    written (a missing or unwritable folder, a folder given as the file, a full disk)."""
+    try:
+        return WavWriter(path, sample_rate, channels)
+    except OSError as exc:
+        raise MetabgmError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def write_wav(
@@ -179,9 +204,13 @@ def read_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, WavInfo]:
     the file holds. Raises ValueError naming the file when it is not a WAV this reader knows.
     """
     path = Path(path)
-    raw = path.read_bytes()
-    if len(raw) < 12 or raw[:4] != b"RIFF" or raw[8:12] != b"WAVE":
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if len(raw) < 12 or raw[:4] not in (b"RIFF", b"RF64") or raw[8:12] != b"WAVE":
         raise ValueError(f"{path}: not a RIFF/WAVE file")
+    big_data: int | None = None
     pos = 12
     fmt_tag = channels = rate = bits = None
     data: bytes | None = None
@@ -191,12 +220,19 @@ def read_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, WavInfo]:
         size = struct.unpack_from("<I", raw, pos + 4)[0]
         body_at = pos + 8
         body_end = min(len(raw), body_at + size)
-        if cid == b"fmt ":
+        if cid == b"ds64" and size >= 16 and body_at + 16 <= len(raw):
+            big_data = struct.unpack_from("<Q", raw, body_at + 8)[0]
+        elif cid == b"fmt ":
+            if size < 16 or body_at + 16 > len(raw):
+                raise ValueError(f"{path}: the fmt chunk is cut short; the file is not a complete WAV")
             fmt_tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", raw, body_at)
             if fmt_tag == _FORMAT_EXTENSIBLE and size >= 40:
                 fmt_tag = struct.unpack_from("<H", raw, body_at + 24)[0]
         elif cid == b"data":
-            if size in (0, 0xFFFFFFFF) or body_at + size > len(raw):
+            if size == _UNKNOWN and big_data is not None:
+                size = big_data
+                body_end = min(len(raw), body_at + size)
+            if size in (0, _UNKNOWN) or body_at + size > len(raw):
                 body_end = len(raw)  # unfinished or streamed recording: take what is there
             data = raw[body_at:body_end]
         elif cid == _META_CHUNK:
@@ -206,6 +242,8 @@ def read_wav(path: str | os.PathLike[str]) -> tuple[np.ndarray, WavInfo]:
             break
     if fmt_tag is None or channels is None or rate is None or bits is None:
         raise ValueError(f"{path}: no fmt chunk; the file is not a complete WAV")
+    if channels < 1 or rate < 1:
+        raise ValueError(f"{path}: the fmt chunk says {channels} channels at {rate} Hz")
     if data is None:
         raise ValueError(f"{path}: no data chunk")
     if fmt_tag == _FORMAT_FLOAT and bits == 32:

@@ -144,7 +144,10 @@ class NetSource(LiveSource):
         if started:
             self._stop()
             super().close()
-            log.info("closed %s: %s", self.uri, self.stats())
+            st = self.stats()
+            reasons = ", ".join(f"{k} {n}" for k, n in sorted(st.reasons.items()))
+            log.info("closed %s: %d messages received, %d accepted, %d rejected%s", self.uri, st.received,
+                     st.accepted, st.rejected, f" ({reasons})" if reasons else "")  # fmt: skip
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -346,6 +349,8 @@ class WebSocketSource(NetSource):
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._active = 0
+        self._thread_peer = threading.local()
+        """The peer address of the connection this handler thread serves (from accept())."""
         self._conn_lock = threading.Lock()
         self._conns: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -371,8 +376,22 @@ class WebSocketSource(NetSource):
         class Tracked(ServerConnection):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
+                # The peer as accept() gave it: asking the socket later fails once it has closed.
+                self.peer = getattr(source._thread_peer, "peer", "?")
                 with source._conn_lock:
                     source._conns.add(self)
+
+            def handshake(self, *args: Any, **kwargs: Any) -> None:
+                super().handshake(*args, **kwargs)
+                from websockets.protocol import OPEN
+
+                if self.protocol.state is not OPEN and self.protocol.handshake_exc is None:
+                    # The peer sent its messages and closed before the handshake was done: the
+                    # library will not call the handler, but the messages arrived; take them.
+                    try:
+                        source._handle(self)
+                    except Exception as exc:
+                        log.debug("%s: %s closed early: %s", source.uri, self.peer, exc)
 
         server = serve(
             self._handle,
@@ -422,6 +441,7 @@ class WebSocketSource(NetSource):
         """Wrap the per-connection handler with the cap on concurrent connections."""
 
         def guarded(sock: socket.socket, addr: Any) -> None:
+            self._thread_peer.peer = _peer(addr)
             with self._conn_lock:
                 admit = self._active < self.max_connections
                 if admit:
@@ -473,7 +493,7 @@ class WebSocketSource(NetSource):
             self._reject(
                 "forbidden_origin",
                 f"Origin {origin[:100]!r} is not allowed; add ?origin={origin[:100]} to accept it",
-                _peer(conn.remote_address),
+                _conn_peer(conn),
             )
             return conn.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
         return None
@@ -481,14 +501,14 @@ class WebSocketSource(NetSource):
     def _process_response(self, conn: Any, request: Any, response: Any) -> None:
         if response.status_code in (http.HTTPStatus.BAD_REQUEST, http.HTTPStatus.UPGRADE_REQUIRED):
             detail = f"not a WebSocket opening handshake (answered HTTP {response.status_code})"
-            self._reject("bad_handshake", detail, _peer(conn.remote_address))
+            self._reject("bad_handshake", detail, _conn_peer(conn))
         return None
 
     def _handle(self, conn: Any) -> None:
         from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
         from websockets.frames import CloseCode
 
-        peer = _peer(conn.remote_address)
+        peer = _conn_peer(conn)
         log.debug("%s: connection from %s", self.uri, peer)
         try:
             while True:
@@ -501,6 +521,8 @@ class WebSocketSource(NetSource):
             log.debug("%s: %s disconnected", self.uri, peer)
         except ConnectionClosedError as exc:
             code = exc.sent.code if exc.sent is not None else None
+            if code is None and _caused_by(exc, UnicodeDecodeError):
+                code = CloseCode.INVALID_DATA  # the peer closed before our close frame went out
             if code == CloseCode.MESSAGE_TOO_BIG:
                 self._reject(
                     "oversized", f"frame over max_bytes={self.max_bytes}; closed the connection", peer
@@ -516,11 +538,39 @@ class WebSocketSource(NetSource):
 
 
 class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """The websockets library's per-connection INFO lines ("connection open") go to DEBUG, so that
-    a flood of connections cannot fill a log that records INFO."""
+    """The websockets library's per-connection INFO lines ("connection open", "connection closed")
+    and its handler errors go to DEBUG, so that a flood of (short) connections cannot fill a log
+    that records INFO. The library wraps this logger in adapters of its own, which call ``log``."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        if level <= logging.INFO or "connection handler failed" in str(msg):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
 
     def info(self, msg: object, *args: Any, **kwargs: Any) -> None:
-        self.debug(msg, *args, **kwargs)
+        self.log(logging.INFO, msg, *args, **kwargs)
+
+
+def _conn_peer(conn: Any) -> str:
+    """A connection's peer without asking its socket (which fails once the peer has closed)."""
+    peer = getattr(conn, "peer", None)
+    if peer:
+        return str(peer)
+    try:
+        return _peer(conn.remote_address)
+    except OSError:
+        return "?"
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _player_options(query: dict[str, object]) -> dict[str, Any]:

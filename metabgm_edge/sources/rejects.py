@@ -80,4 +80,6 @@ class RejectLog:
 
 def _printable(text: str) -> str:
     """One log line: control characters from the sender escaped."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+    from metabgm_edge.state import printable
+
+    return printable(text)

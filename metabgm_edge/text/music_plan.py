@@ -20,6 +20,7 @@ import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Final
 
 from metabgm_edge import music_words as mw
 from metabgm_edge.listener_profile import Profile
@@ -565,6 +566,19 @@ class Plan:
         return f"{self.root} {self.mode}"
 
 
+_CALM_MOODS: Final = frozenset(
+    {"calm", "calming", "cozy", "dreamy", "lonely", "meditative", "melancholic", "nostalgic", "peaceful",
+     "relaxed", "relaxing", "sad", "sentimental", "serene", "soothing", "tranquil", "wistful", "gloomy",
+     "sombre"}
+)  # fmt: skip
+"""Moods of low arousal: they contradict loud or intense dynamics."""
+_ROUSING_MOODS: Final = frozenset(
+    {"aggressive", "chaotic", "energetic", "exciting", "fiery", "intense", "lively", "spirited", "urgent",
+     "triumphant", "heroic", "powerful", "restless", "epic"}
+)  # fmt: skip
+"""Moods of high arousal: they contradict soft or gentle dynamics."""
+
+
 class Avoid:
     """The profile's avoid list as a matcher: "drums" also rules out "drum" and "drumming"."""
 
@@ -690,6 +704,9 @@ def plan_music(view: SceneView, profile: Profile, vocab: Vocabulary, rng: random
     shift = profile.intensity - 0.5
     energy = min(1.0, max(0.0, energy + 0.4 * shift))
     bpm = bpm * (1.0 + 0.3 * shift) + steady.uniform(-3.0, 3.0)
+    if not profile.is_default:  # the listener's intensity bounds the music, whatever the scene
+        energy = min(0.35 + 0.65 * profile.intensity, max(0.6 * profile.intensity - 0.1, energy))
+        bpm = min(78.0 + 90.0 * profile.intensity, max(50.0 + 50.0 * profile.intensity, bpm))
     tempo = round(min(184.0, max(48.0, bpm)))
     mode = "minor" if minor >= 0.5 else "major"
     avoid = Avoid(profile.avoided())
@@ -705,6 +722,13 @@ def plan_music(view: SceneView, profile: Profile, vocab: Vocabulary, rng: random
         for m, w in moods.items()
         if w > 0 and m not in _RESERVED and m not in clash and vocab.has("moods", m) and not avoid(m)
     }
+    # Moods that contradict the dynamics ("loud, wistful and sad", "soft, aggressive") are left out.
+    clashing = _CALM_MOODS if energy >= 0.56 else _ROUSING_MOODS if energy < 0.45 else frozenset()
+    if not profile.is_default and profile.intensity < 0.34:  # a listener who wants it gentle
+        clashing = clashing | _ROUSING_MOODS
+    mood_pool = {m: w for m, w in mood_pool.items() if m not in clashing} or mood_pool
+    if mood_pool and all(m in clashing for m in mood_pool):  # the scene's moods win: soften or lift
+        energy = 0.5
     chosen_moods = tuple(_pick(rng, mood_pool, 2, 0.6)) or ("calm",)
     genre, genre_preferred = _genre(profile, genres, energy, avoid, vocab, rng)
     roots = MINOR_ROOTS if mode == "minor" else MAJOR_ROOTS

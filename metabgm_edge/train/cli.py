@@ -23,7 +23,8 @@ from metabgm_edge.train.finetune import DEFAULT_TARGETS
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Adapter folder to write.")
 @click.option("--r", "rank", default=8, show_default=True, type=click.IntRange(1, 256), help="LoRA rank.")
 @click.option("--alpha", default=16, show_default=True, type=click.IntRange(1, 1024), help="LoRA alpha.")
-@click.option("--dropout", default=0.05, show_default=True, type=click.FloatRange(0.0, 0.9))
+@click.option("--dropout", default=0.05, show_default=True, type=click.FloatRange(0.0, 0.9),
+              help="LoRA dropout.")  # fmt: skip
 @click.option(
     "--targets",
     default=",".join(DEFAULT_TARGETS),
@@ -31,8 +32,10 @@ from metabgm_edge.train.finetune import DEFAULT_TARGETS
     help="Comma-separated module names to adapt.",
 )
 @click.option("--layers", help="Only these decoder layers, e.g. 15-29 (cheaper on a CPU) [all].")
-@click.option("--epochs", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True))
-@click.option("--lr", default=3e-4, show_default=True, type=click.FloatRange(min=0.0, min_open=True))
+@click.option("--epochs", default=1.0, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="Passes over the training pairs (fractions allowed).")  # fmt: skip
+@click.option("--lr", default=3e-4, show_default=True, type=click.FloatRange(min=0.0, min_open=True),
+              help="Learning rate (AdamW).")  # fmt: skip
 @click.option(
     "--max-steps", type=click.IntRange(min=1), help="Stop after N optimizer steps (overrides --epochs)."
 )
@@ -43,7 +46,7 @@ from metabgm_edge.train.finetune import DEFAULT_TARGETS
 @click.option(
     "--max-length", default=512, show_default=True, type=click.IntRange(min=16), help="Tokens per row."
 )
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the LoRA init, data order, dropout.")
 @click.option(
     "--tasks", default="narrative,description", show_default=True, help="Which pairs to learn from."
 )
@@ -57,7 +60,8 @@ from metabgm_edge.train.finetune import DEFAULT_TARGETS
     type=click.IntRange(min=0),
     help="Validation rows whose loss is measured before and after (0: none).",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train: auto takes CUDA when torch sees a GPU.")  # fmt: skip
 @click.option("--threads", type=click.IntRange(min=1), help="torch CPU threads [torch's default].")
 @click.option("--resume", is_flag=True, help="Continue from the newest checkpoint in --out.")
 def finetune(

@@ -180,6 +180,18 @@ class SynthAnchor(Struct, frozen=True, kw_only=True):
             f"energy {self.energy:.2f}{drums}, {'+'.join(self.instruments)}"
         )
 
+    def bar_seconds(self) -> float:
+        """One bar, in seconds (the optional BarGrid capability of audio.interface)."""
+        return self.meter * 60.0 / self.tempo
+
+    def beats_per_bar(self) -> int:
+        return self.meter
+
+    def seconds_to_bar(self) -> float:
+        """Seconds from this point to the next bar line (0 on one)."""
+        beats = (-self.beat) % self.meter
+        return 0.0 if beats < 1e-6 or self.meter - beats < 1e-6 else beats * 60.0 / self.tempo
+
     def to_bytes(self) -> bytes:
         """JSON bytes (what a WAV's metadata chunk stores for ``render --continue-from``)."""
         return msgspec.json.encode(self)
@@ -257,7 +269,11 @@ class ProceduralSynth:
     batches = False
     """Each segment is a few numpy passes: nothing to share between segments, nothing to batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, channels: int = CHANNELS) -> None:
+        if channels not in (1, 2):
+            raise ValueError(f"the synthesizer plays mono or stereo, not {channels} channels")
+        self.channels = channels
+        """2 (its own stereo room), or 1: the same music mixed down, to stand in for a mono model."""
         self._room = Room()
         self._speed: float | None = None
 
@@ -265,6 +281,13 @@ class ProceduralSynth:
     def stream(self, request: AudioRequest) -> Iterator[AudioChunk]:
         """One chunk, or with ``request.first_chunk`` a short head first and then the rest (the
         rest continues from the head's anchor; the two are crossfaded inside the segment)."""
+        for chunk in self._stream(request):
+            if self.channels == 1:
+                chunk = AudioChunk(audio=chunk.audio.mean(axis=1, keepdims=True, dtype=np.float32),
+                                   last=chunk.last, anchor=chunk.anchor)  # fmt: skip
+            yield chunk
+
+    def _stream(self, request: AudioRequest) -> Iterator[AudioChunk]:
         anchor = request.anchor
         if anchor is not None and not isinstance(anchor, SynthAnchor):
             log.info(
