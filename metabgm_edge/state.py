@@ -268,6 +268,9 @@ def parse_message(data: bytes | str, *, token: str | None = None) -> tuple[Scene
     if not isinstance(raw, dict):
         raise MessageError("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     _check_tree(raw)
+    player = raw.get("player")  # checked as sent: an id is refused, never cleaned into another one
+    if isinstance(player, str) and not PLAYER_ID.fullmatch(player):
+        raise MessageError("bad_player", f"player {player[:80]!r} is not 1-64 of A-Z a-z 0-9 _ . -")
     raw = _clean_tree(raw)
     version = raw.get("v")
     if version != PROTOCOL_VERSION:

@@ -183,7 +183,8 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
 
     # A wrong token: one clear line, exit status 2, nothing played.
     assert wrong is not None and wrong.returncode == 2, (wrong.stdout, wrong.stderr)
-    errors = [line for line in (wrong.stdout + wrong.stderr).splitlines() if line.startswith("error:")]
+    said = (wrong.stdout + wrong.stderr).splitlines()
+    errors = [line for line in said if line.lower().startswith("error:")]
     assert len(errors) == 1 and "refused the token for player bob (HTTP 401)" in errors[0], wrong.stderr
 
     # Each player hears their own scene, segment after segment, without silence.
