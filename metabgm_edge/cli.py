@@ -780,9 +780,8 @@ def listen(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="A Ray Serve config."
 )
 @click.option("--interval", default=10.0, show_default=True, type=INTERVAL, help="Segment length in seconds.")
-@click.option(
-    "--format", "fmt", type=click.Choice(["opus", "flac", "pcm16"]), default="opus", show_default=True
-)
+@click.option("--format", "fmt", type=click.Choice(["opus", "flac", "pcm16"]), default="opus",
+              show_default=True, help="The audio format the listen clients ask for.")  # fmt: skip
 @click.option("--stop-at-miss/--all", default=True, show_default=True,
               help="Stop growing N after the first player count with a deadline miss.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
