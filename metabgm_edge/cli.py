@@ -600,7 +600,7 @@ def report(log_file: str, audio_path: str | None, out: str | None, session: int 
     click.echo(f"wrote {written}")
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @click.option("--segments", default=12, show_default=True, help="Segments in the fast (throughput) run.")
 @click.option("--interval", default=10.0, show_default=True, type=INTERVAL, help="Segment length in seconds.")
 @click.option("--source", default="sim:tour", show_default=True, help="sim:NAME or replay:F.jsonl.")
@@ -634,7 +634,9 @@ def bench(
     out: str | None,
 ) -> None:
     """Measure the pipeline here: per-stage p50/p95, real-time factor, underruns, scene-change-to-
-    audible latency, peak RSS (see README, "Measuring: bench")."""
+    audible latency, peak RSS (see README, "Measuring: bench"). `bench serve` measures `serve`."""
+    if click.get_current_context().invoked_subcommand is not None:
+        return
     from metabgm_edge.bench import format_table, run_bench
     from metabgm_edge.sources import open_source
 
@@ -675,3 +677,158 @@ def doctor(engines_dir: str | None, as_json: bool) -> None:
         click.echo(msgspec.json.format(msgspec.json.encode(checks), indent=2).decode())
     else:
         click.echo(format_checks(checks))
+
+
+# -- serve, listen, bench serve ---------------------------------------------------------------------
+
+
+def _need_ray() -> None:
+    try:
+        import ray  # noqa: F401
+        from ray import serve as _  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException(
+            f"serve needs Ray Serve ({exc}): pip install 'metabgm-edge[serve]'"
+        ) from None
+
+
+@main.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A Ray Serve config file (replicas, CPUs and GPUs per replica, args) [the bundled serve.yaml].",
+)
+@click.option(
+    "--address", help="Join this Ray cluster (HEAD:6379, or ray://HEAD:10001) instead of a local Ray."
+)
+@click.option(
+    "--source", help="Where every player's game sends its states: udp://...|ws://...|minecraft://..."
+)
+@click.option("--audio-listen", help="HOST:PORT where players connect for their music [127.0.0.1:8765].")
+@click.option("--num-cpus", type=click.IntRange(1, 4096), help="A local Ray's CPUs [all of this machine's].")
+@click.option("--dashboard/--no-dashboard", default=True, show_default=True, help="A local Ray's dashboard.")
+@click.option("--status-every", default=10.0, show_default=True, type=click.FloatRange(1.0, 3600.0),
+              help="Seconds between status blocks (one line per player).")  # fmt: skip
+@click.option("--duration", type=POSITIVE, help="Stop after this many seconds (default: Ctrl-C).")
+def serve(
+    config_path: str | None,
+    address: str | None,
+    source: str | None,
+    audio_listen: str | None,
+    num_cpus: int | None,
+    dashboard: bool,
+    status_every: float,
+    duration: float | None,
+) -> None:
+    """Serve many players: one session per player, the text and audio models shared (Ray Serve).
+
+    Every game sends its states with its "player" id to --source; each player listens with
+    `metabgm-edge listen ws://HOST:PORT/PLAYER --token T` (printed when the player joins).
+    """
+    _need_ray()
+    from metabgm_edge.serve import runner
+
+    config = runner.load_config(config_path, source=source, audio_listen=audio_listen)
+    args = config["applications"][0]["args"]
+    info = runner.start_ray(address, num_cpus=num_cpus, dashboard=dashboard)
+    try:
+        click.echo(
+            f"{info['what']}" + (f"; Ray dashboard: http://{info['dashboard']}" if info["dashboard"] else "")
+        )
+        handle = runner.deploy(config)
+        click.echo(f"serving: players send to {args['source']}, listen at ws://{args['audio_listen']}/PLAYER "
+                   f"(text {args.get('text', 'composer')}, audio {args.get('audio', 'synth')}); "
+                   "Ctrl-C stops")  # fmt: skip
+        runner.watch(handle, every=status_every, duration=duration, echo=click.echo)
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        runner.shutdown(local=address is None)
+
+
+@main.command()
+@click.argument("url", metavar="ws://HOST:PORT/PLAYER")
+@click.option("--token", help="The player's token (printed by serve when the player joins).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write exactly what plays to this WAV.")
+@click.option("--duration", type=POSITIVE, help="Stop after this many seconds of playback (default: Ctrl-C).")
+@click.option("--device", help="Output device (name or index; see `metabgm-edge doctor`).")
+@click.option("--format", "fmt", type=click.Choice(["opus", "flac", "pcm16"]),
+              help="Ask the server for this format [opus when PyAV is installed, else pcm16].")  # fmt: skip
+@click.option("--buffer", default=0.4, show_default=True, type=click.FloatRange(0.05, 10.0),
+              help="Seconds buffered before playback starts and after a network stall (jitter).")  # fmt: skip
+def listen(
+    url: str, token: str | None, out: str | None, duration: float | None, device: str | None, fmt: str | None,
+    buffer: float,
+) -> None:  # fmt: skip
+    """Play one player's music from `metabgm-edge serve` (reconnects when the connection drops)."""
+    from metabgm_edge.playback.sinks import probe_output
+    from metabgm_edge.serve.listen import ListenClient
+
+    if out is None and probe_output(_device(device)) is not None:
+        out = time.strftime("metabgm-edge-listen-%Y%m%d-%H%M%S.wav")
+    client = ListenClient(url, token=token, out=out, duration=duration, device=_device(device), fmt=fmt,
+                          buffer=buffer, max_buffer=max(2.0, 4 * buffer))  # fmt: skip
+
+    def heard(h: Any) -> None:
+        i = h.info
+        flags = f" [{', '.join(i.get('fallbacks') or [])}]" if i.get("fallbacks") else ""
+        where = f"{i.get('trigger', ''):<12} {i.get('scene', ''):<34}"
+        click.echo(f"[{h.at:7.1f} s] {where} | {i.get('description', '')}"
+                   f"{flags}")  # fmt: skip
+
+    client.on_segment = heard
+    stats = client.run()
+    kbits = stats.bytes / max(stats.seconds, 1e-9) / 125
+    skipped = stats.lost_frames / 32000
+    click.echo(
+        f"listened {stats.seconds:.1f} s ({stats.format}, {kbits:.0f} kbit/s) "
+        f"on {stats.sink}: {len(stats.segments)} segments, {stats.reconnects} reconnects, "
+        f"{stats.underrun_seconds:.2f} s of silence from the network, {skipped:.2f} s skipped"
+        + (f"; wrote {out}" if out else "")
+    )
+
+
+@bench.command("serve")
+@click.option(
+    "--players", default="1,2,4,8", show_default=True, help="Player counts to run, e.g. 1,2,4,8,16."
+)
+@click.option("--duration", default=60.0, show_default=True, type=POSITIVE, help="Seconds per player count.")
+@click.option("--text", "text_spec", default="composer", show_default=True, help="composer or an LLM bundle.")
+@click.option("--audio", "audio_spec", default="synth", show_default=True, help="synth or a MusicGen bundle.")
+@click.option("--batching", type=click.Choice(["on", "off", "both"]), default="on", show_default=True,
+              help="Batch the shared deployments across players (max_batch_size 1 when off).")  # fmt: skip
+@click.option(
+    "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="A Ray Serve config."
+)
+@click.option("--interval", default=10.0, show_default=True, type=INTERVAL, help="Segment length in seconds.")
+@click.option("--format", "fmt", type=click.Choice(["opus", "flac", "pcm16"]), default="opus",
+              show_default=True, help="The audio format the listen clients ask for.")  # fmt: skip
+@click.option("--stop-at-miss/--all", default=True, show_default=True,
+              help="Stop growing N after the first player count with a deadline miss.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the result as JSON to this file.")
+def bench_serve(
+    players: str, duration: float, text_spec: str, audio_spec: str, batching: str, config_path: str | None,
+    interval: float, fmt: str, stop_at_miss: bool, as_json: bool, out: str | None,
+) -> None:  # fmt: skip
+    """Measure `serve` here: Ray, serve, N simulated players (each its own scene) and N listen
+    clients, per N: deadline misses, audio continuity per player, latency, memory."""
+    _need_ray()
+    from metabgm_edge.serve.bench import format_serve_table, run_serve_bench
+
+    try:
+        counts = sorted({int(n) for n in players.split(",") if n.strip()})
+    except ValueError:
+        raise click.BadParameter(
+            "a comma-separated list of player counts, e.g. 1,2,4", param_hint="--players"
+        ) from None
+    if not counts or counts[0] < 1 or counts[-1] > 256:
+        raise click.BadParameter("player counts from 1 to 256", param_hint="--players")
+    result = run_serve_bench(counts, duration=duration, text=text_spec, audio=audio_spec, batching=batching,
+                             config_path=config_path, interval=interval, fmt=fmt, stop_at_miss=stop_at_miss,
+                             echo=click.echo)  # fmt: skip
+    encoded = msgspec.json.format(msgspec.json.encode(result), indent=2).decode()
+    if out:
+        Path(out).write_text(encoded + "\n", encoding="utf-8")
+    click.echo(encoded if as_json else format_serve_table(result))

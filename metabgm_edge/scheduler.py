@@ -61,6 +61,8 @@ from metabgm_edge.audio import (
 from metabgm_edge.errors import MetabgmError
 from metabgm_edge.listener_profile import DEFAULT_PROFILE, Profile
 from metabgm_edge.playback.mixer import Join, Mixer
+from metabgm_edge.playback.ringbuffer import RingBuffer
+from metabgm_edge.playback.sinks import Sink
 from metabgm_edge.playback.wav import open_wav_writer
 from metabgm_edge.session_log import SegmentRecord, SessionStats, SessionSummary
 from metabgm_edge.sources import Source
@@ -115,6 +117,9 @@ class PlayOptions(msgspec.Struct, kw_only=True):
     """When the audio backend renders slower than real time here (MusicGen on a CPU): ``synth`` lets
     the embedded synthesizer play; ``queue`` plays each segment whole once it is ready, later than its
     scene, the music before it repeated meanwhile."""
+    retry_audio_after: float | None = None
+    """Seconds after ``audio.replaced`` when the replaced backend gets another try (``audio.restored``);
+    None: never (``play``). A server whose model replicas restart after a crash sets it."""
 
     @property
     def budget(self) -> float:
@@ -179,6 +184,7 @@ class Session:
         use_device: bool = True,
         device: int | str | None = None,
         fallback_audio: AudioBackend | None = None,
+        sink_factory: Callable[[RingBuffer, int], Sink] | None = None,
     ) -> None:
         from metabgm_edge.text.composer import Composer
 
@@ -189,6 +195,14 @@ class Session:
         self.fallback_audio = fallback_audio
         """The backend that takes over after repeated failures (None: a fresh embedded synthesizer)."""
         self._replaced = False
+        self._primary_audio = audio
+        self._replaced_at = 0.0
+        self.sink_factory = sink_factory
+        """Where a real-time session's ring goes (None: the device, or a file without one); ``serve``
+        streams it to the player over the network. Called with the ring and the sample rate."""
+        self.last_start_frame: int | None = None
+        """Stream frame where the last segment's music begins (read from :attr:`on_segment`: a stream
+        tells its listener what plays when); a failed segment's is where the extension begins."""
         self._whole_segments = False
         """Slow backend, ``if_slow=queue``: segments enter the mixer whole, once ready."""
         self.profile = profile
@@ -376,6 +390,7 @@ class Session:
                 log.error("%s failed %d times in a row: %s takes over for the rest of the session",
                           backend.name, self._audio_failures, self.fallback_audio.name)  # fmt: skip
                 self._replaced = True
+                self._replaced_at = time.monotonic()
                 self.audio = self.fallback_audio
                 self._audio_guard = Guard("audio")
                 fallbacks.append("audio.replaced")
@@ -502,6 +517,14 @@ class Session:
         t0 = time.monotonic()
         closed_mono = t0 if opts.fast else t0 - max(0.0, now() - seg.end)
         fallbacks: list[str] = []
+        retry = opts.retry_audio_after
+        if self._replaced and retry is not None and t0 - self._replaced_at >= retry:
+            primary = self._primary_audio
+            log.info("%s gets another try after %.0f s on %s", primary.name, retry, self.audio.name)
+            self.audio, self._replaced, self._audio_failures = primary, False, 0
+            self._audio_guard = Guard("audio")
+            fallbacks.append("audio.restored")
+            self._fallbacks["audio.restored"] += 1
         result = self._describe(seg, fallbacks, t0)
         sharp = seg.trigger in SHARP
         seed = opts.seed + seg.index
@@ -530,6 +553,7 @@ class Session:
         t_audio = time.monotonic()
         request = self._request(result.description, seconds, seed, first_chunk)
         hard = t0 + opts.budget
+        planned = self.mixer.join_frame if mixer_join == "append" else self.mixer.read_frame
         rendered = self._render(request, fallbacks, hard, join=mixer_join, closed_mono=closed_mono, now=now)
         if self._closing.is_set():
             raise _Closing  # the session ended while this segment was on its way: it is not heard
@@ -553,6 +577,7 @@ class Session:
             if not opts.fast and seconds > 0:  # (fast mode: a fixed head, reproducible)
                 self._rates.append((time.monotonic() - t_audio) / seconds)
                 del self._rates[:-LEAD_HISTORY]
+        self.last_start_frame = start_frame if start_frame is not None else planned
         heard_at = audible_at = None
         if start_frame is not None:
             heard_at = self.frame_time(start_frame)
@@ -762,7 +787,6 @@ class Session:
 
     def _run_real_time(self) -> None:
         from metabgm_edge.playback.feeder import Feeder
-        from metabgm_edge.playback.ringbuffer import RingBuffer
         from metabgm_edge.playback.sinks import open_sink
 
         opts = self.options
@@ -773,10 +797,13 @@ class Session:
         self.acquisition.start()  # first: a source that cannot start opens no device or file
         try:
             ring = RingBuffer(max(2 * round(opts.buffer_seconds * sr), sr), self.audio.channels)
-            sink = open_sink(
-                ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device, device=self.device,
-                paced=True, strict_device=self.device is not None,
-            )  # fmt: skip
+            if self.sink_factory is not None:
+                sink = self.sink_factory(ring, sr)
+            else:
+                sink = open_sink(
+                    ring, sample_rate=sr, wav_path=self.out, use_device=self.use_device, device=self.device,
+                    paced=True, strict_device=self.device is not None,
+                )  # fmt: skip
         except BaseException:
             self.acquisition.stop()
             raise

@@ -25,6 +25,10 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024
 MAX_DEPTH: Final = 8
 MAX_HOSTILES: Final = 64
 MAX_EXTRA_KEYS: Final = 64
+DEFAULT_PLAYER: Final = "player"
+"""The player a message without ``player`` belongs to (one player per listener, as before)."""
+PLAYER_ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""What a player id may be: it names the player's audio stream (``ws://HOST:PORT/PLAYER``)."""
 
 Coordinate = Annotated[float, Meta(ge=-3.0e7, le=3.0e7)]
 Small = Annotated[float, Meta(ge=0.0, le=1.0e4)]
@@ -162,10 +166,12 @@ class Envelope(Struct, kw_only=True):
 
     token: str | None = None
     t: float | None = None
+    player: str | None = None
+    """Whose state this is, on a listener that serves many players (absent: one player)."""
 
 
 _FIELDS: Final = frozenset(SceneState.__struct_fields__)
-_ENVELOPE: Final = frozenset({"token", "t"})
+_ENVELOPE: Final = frozenset({"token", "t", "player"})
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
@@ -262,6 +268,9 @@ def parse_message(data: bytes | str, *, token: str | None = None) -> tuple[Scene
     if not isinstance(raw, dict):
         raise MessageError("not_an_object", f"expected a JSON object, got {type(raw).__name__}")
     _check_tree(raw)
+    player = raw.get("player")  # checked as sent: an id is refused, never cleaned into another one
+    if isinstance(player, str) and not PLAYER_ID.fullmatch(player):
+        raise MessageError("bad_player", f"player {player[:80]!r} is not 1-64 of A-Z a-z 0-9 _ . -")
     raw = _clean_tree(raw)
     version = raw.get("v")
     if version != PROTOCOL_VERSION:
@@ -273,6 +282,8 @@ def parse_message(data: bytes | str, *, token: str | None = None) -> tuple[Scene
         raise MessageError("invalid_field", str(exc)) from None
     if token is not None and not _same(envelope.token, token):
         raise MessageError("bad_token", "missing or wrong token")
+    if envelope.player is not None and not PLAYER_ID.fullmatch(envelope.player):
+        raise MessageError("bad_player", f"player {envelope.player[:80]!r} is not 1-64 of A-Z a-z 0-9 _ . -")
     extra = {k: raw.pop(k) for k in list(raw) if k not in _FIELDS}
     if extra:
         if len(extra) + len(raw.get("extra", {}) or {}) > MAX_EXTRA_KEYS:
@@ -314,8 +325,9 @@ def json_schema() -> dict[str, Any]:
     schema["$comment"] = (
         f"metabgm-edge live-state protocol v{PROTOCOL_VERSION}. Send one JSON object per datagram "
         f"(UDP) or text frame (WebSocket), at most {MAX_MESSAGE_BYTES} bytes, nested at most "
-        f'{MAX_DEPTH} levels. Add "token" when the listener was started with one. Unknown '
-        'top-level fields are kept in "extra".'
+        f'{MAX_DEPTH} levels. Add "token" when the listener was started with one, and "player" (1-64 of '
+        "A-Z a-z 0-9 _ . -) when one listener serves several players. Unknown top-level fields are kept "
+        'in "extra".'
     )
     return schema
 

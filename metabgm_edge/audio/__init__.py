@@ -37,8 +37,10 @@ from metabgm_edge.audio.interface import (
     anchor_from_metadata,
     anchor_to_metadata,
     continue_from,
+    interleave,
     next_join_point,
     render,
+    single,
 )
 from metabgm_edge.errors import NO_ONNXRUNTIME, BackendError
 
@@ -55,9 +57,11 @@ __all__ = [
     "anchor_from_metadata",
     "anchor_to_metadata",
     "continue_from",
+    "interleave",
     "next_join_point",
     "open_audio_backend",
     "render",
+    "single",
 ]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Final, Protocol, runtime_checkable
 
 import msgspec
@@ -133,6 +133,41 @@ class AudioBackend(Protocol):
         """Seconds of audio this backend renders per second of work on this machine (measured once,
         then kept up to date from real segments). Below 1 it cannot keep up with real time."""
         ...
+
+    batches: bool
+    """True when :meth:`stream_batch` renders several segments faster than one after another
+    (MusicGen: one decoder run per step for all of them); a server then batches across players."""
+
+    def stream_batch(self, requests: Sequence[AudioRequest]) -> Iterator[list[AudioChunk | None]]:
+        """Several segments at once. Each step yields one entry per request, in order: its next
+        chunk, or None when it has none at this step. Every request's chunks are what
+        :meth:`stream` yields for it alone; a request whose last chunk was yielded gets only None."""
+        ...
+
+
+def interleave(streams: Sequence[Iterator[AudioChunk]]) -> Iterator[list[AudioChunk | None]]:
+    """:meth:`AudioBackend.stream_batch` for a backend that gains nothing from batching: the
+    requests' streams advanced one chunk each in turn, so every request's first chunk comes early."""
+    active = list(streams)
+    done = [False] * len(active)
+    while not all(done):
+        for i, stream in enumerate(active):
+            if done[i]:
+                continue
+            step: list[AudioChunk | None] = [None] * len(active)
+            chunk = next(stream, None)
+            if chunk is None or chunk.last:
+                done[i] = True
+            if chunk is not None:
+                step[i] = chunk
+                yield step
+
+
+def single(batch: Iterator[list[AudioChunk | None]]) -> Iterator[AudioChunk]:
+    """One request's chunks out of a :meth:`AudioBackend.stream_batch` of one."""
+    for step in batch:
+        if step[0] is not None:
+            yield step[0]
 
 
 # -- helpers every caller uses ---------------------------------------------------------------------

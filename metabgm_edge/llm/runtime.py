@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -141,6 +141,188 @@ class DecodeState:
         return np.array(self._logits.array[0, -1], dtype=np.float32)  # a copy: the buffer is reused
 
 
+class BatchState:
+    """Several sequences decoded together: one KV cache buffer per layer of ``batch`` rows.
+
+    Each row's prompt is prefilled on its own (the row's slice of every buffer, bound by address,
+    so a prompt runs exactly as it would alone); then every :meth:`step` feeds one token per row
+    in one run, each row attending to its own length (the attention mask says which positions of
+    its row are filled). Decoding is bound by reading the weights once per step, so ``batch`` rows
+    cost little more than one. A row that has finished is fed its last token again with its mask
+    unchanged: it rewrites its own last position, which nobody reads any more.
+    """
+
+    def __init__(self, llm: LLM, batch: int) -> None:
+        self._llm = llm
+        self.batch = batch
+        cache = llm.section.cache
+        self._row_shape = [1, cache.num_kv_heads, cache.context_length, cache.head_dim]
+        shape = [batch, *self._row_shape[1:]]
+        self._dtype = binding.NP_DTYPE[cache.kv_dtype]
+        self._row_bytes = int(np.prod(self._row_shape)) * np.dtype(self._dtype).itemsize
+        self._kv = [binding.zeros(shape, cache.kv_dtype, llm.device) for _ in range(2 * cache.num_layers)]
+        self._mask = binding.Mirror(np.zeros((batch, cache.context_length), np.int64), llm.device)
+        self._token = binding.Mirror(np.zeros((batch, 1), np.int64), llm.device)
+        self._logits = binding.Mirror(np.zeros((batch, 1, cache.vocab_size), llm.logits_dtype), llm.device)
+        self._binding = llm.session.io_binding()
+        for past, present, value in zip(llm.past_names, llm.present_names, self._kv, strict=True):
+            self._binding.bind_ortvalue_input(past, value)
+            self._binding.bind_ortvalue_output(present, value)
+        self._binding.bind_ortvalue_input("attention_mask", self._mask.value)
+        self._binding.bind_ortvalue_input("input_ids", self._token.value)
+        if cache.logits_last_only:
+            self._binding.bind_ortvalue_output("logits", self._logits.value)
+        else:
+            self._binding.bind_output("logits", llm.device)
+        self._decode_options, self._prompt_options = llm.run_options()
+        self.lengths = [0] * batch
+        self._last = [0] * batch
+
+    def reset(self) -> None:
+        """Forget every row (the buffers stay, at the same addresses)."""
+        self._mask.array[:] = 0
+        self.lengths = [0] * self.batch
+        self._last = [0] * self.batch
+
+    def prefill(self, row: int, ids: Sequence[int]) -> np.ndarray:
+        """Run row ``row``'s prompt (in chunks the engine's profile allows); its last logits."""
+        llm = self._llm
+        if self.lengths[row] + len(ids) > llm.context_length:
+            raise ValueError(f"{self.lengths[row] + len(ids)} tokens exceed the bundle's context of "
+                             f"{llm.context_length}")  # fmt: skip
+        step = llm.max_chunk or len(ids)
+        logits = None
+        for start in range(0, len(ids), step):
+            logits = self._prefill_chunk(row, ids[start : start + step])
+        assert logits is not None
+        self._last[row] = ids[-1]
+        return logits
+
+    def _prefill_chunk(self, row: int, ids: Sequence[int]) -> np.ndarray:
+        llm = self._llm
+        b = llm.session.io_binding()
+        device = "cuda" if llm.device != "cpu" else "cpu"
+        offset = row * self._row_bytes
+        for past, present, value in zip(llm.past_names, llm.present_names, self._kv, strict=True):
+            ptr = value.data_ptr() + offset
+            b.bind_input(past, device, 0, self._dtype, self._row_shape, ptr)
+            b.bind_output(present, device, 0, self._dtype, self._row_shape, ptr)
+        n, length = len(ids), self.lengths[row]
+        self._mask.array[row, length : length + n] = 1
+        self._mask.sync()
+        context = self._mask.array.shape[1]
+        b.bind_input(
+            "attention_mask",
+            device,
+            0,
+            np.int64,
+            [1, context],
+            self._mask.value.data_ptr() + row * context * 8,
+        )
+        b.bind_cpu_input("input_ids", np.asarray([ids], dtype=np.int64))
+        if "position_ids" in llm.input_names:
+            b.bind_cpu_input("position_ids", np.arange(length, length + n, dtype=np.int64)[None, :])
+        b.bind_output("logits", "cpu")
+        llm.session.run_with_iobinding(b, self._prompt_options)
+        self.lengths[row] = length + n
+        return np.asarray(b.get_outputs()[-1].numpy()[0, -1], dtype=np.float32)
+
+    def step(self, tokens: Sequence[int | None]) -> np.ndarray:
+        """One token per row (None: the row has finished); the logits (batch, vocab) of the step."""
+        llm = self._llm
+        for row, token in enumerate(tokens):
+            if token is None:
+                self._token.array[row, 0] = self._last[row]
+                continue
+            if self.lengths[row] >= llm.context_length:
+                raise ValueError(f"row {row} has filled the bundle's context of {llm.context_length}")
+            self._token.array[row, 0] = token
+            self._last[row] = token
+            self._mask.array[row, self.lengths[row]] = 1
+            self.lengths[row] += 1
+        self._token.sync()
+        self._mask.sync()
+        options = self._decode_options
+        if "position_ids" in llm.input_names:
+            positions = np.asarray([[max(n - 1, 0)] for n in self.lengths], dtype=np.int64)
+            self._binding.bind_cpu_input("position_ids", positions)
+            options = self._prompt_options
+        llm.session.run_with_iobinding(self._binding, options)
+        if not llm.section.cache.logits_last_only:
+            return np.asarray(self._binding.get_outputs()[-1].numpy()[:, -1], dtype=np.float32)
+        if llm.device != "cpu":
+            return np.asarray(self._logits.value.numpy()[:, -1], dtype=np.float32)
+        return np.array(self._logits.array[:, -1], dtype=np.float32)
+
+
+class _Row:
+    """One sequence's generation settings and progress: the sampler, the n-gram blocker, the
+    tokens seen, the stop conditions. The same for a request alone and one in a batch."""
+
+    def __init__(self, llm: LLM, prompt_ids: Sequence[int], cfg: GenerationConfig) -> None:
+        g = llm.section.generation
+        max_new = g.max_new_tokens if cfg.max_new_tokens is None else cfg.max_new_tokens
+        if max_new < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new}")
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= llm.context_length:
+            raise ValueError(
+                f"the prompt has {len(prompt_ids)} tokens; this bundle takes at most {llm.context_length} "
+                "(prompt and answer together): shorten the prompt"
+            )
+        do_sample = g.do_sample if cfg.do_sample is None else cfg.do_sample
+        temperature = g.temperature if cfg.temperature is None else cfg.temperature
+        top_p = g.top_p if cfg.top_p is None else cfg.top_p
+        penalty = g.repetition_penalty if cfg.repetition_penalty is None else cfg.repetition_penalty
+        ngram = g.no_repeat_ngram_size if cfg.no_repeat_ngram_size is None else cfg.no_repeat_ngram_size
+        if temperature < 0 or not 0 < top_p <= 1 or penalty <= 0:
+            raise ValueError(
+                f"need temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0; got {temperature}, "
+                f"{top_p}, {penalty}"
+            )
+        self.llm = llm
+        self.prompt_ids = list(prompt_ids)
+        self.min_new, self.max_new = cfg.min_new_tokens, max_new
+        self.stop_strings = g.stop_strings if cfg.stop_strings is None else cfg.stop_strings
+        self.blocker = sampling.NgramBlocker(ngram, prompt_ids, llm.stop_token_ids)
+        self.seen = np.zeros(llm.section.cache.vocab_size, dtype=bool)
+        self.seen[np.asarray(prompt_ids, dtype=np.int64)] = True
+        rng = np.random.Generator(np.random.PCG64(cfg.seed))
+        self.sampler = sampling.Sampler(
+            do_sample=do_sample, temperature=temperature, top_p=top_p, repetition_penalty=penalty, rng=rng
+        )
+        self.generated: list[int] = []
+        self.reason: StopReason | None = None
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+
+    def choose(self, logits: np.ndarray, length: int) -> int | None:
+        """The next token from ``logits`` (the row's length is ``length`` before it), or None when
+        the row stops here with a stop token. Sets :attr:`reason` when the row is done."""
+        llm = self.llm
+        banned = self.blocker.banned()
+        if len(self.generated) < self.min_new:
+            banned = [*banned, *llm.stop_token_ids]
+        token = self.sampler(logits, np.flatnonzero(self.seen), banned)
+        if token in llm.stop_token_ids:
+            self.reason = "stop_token"
+            return None
+        self.generated.append(token)
+        self.blocker.add(token)
+        self.seen[token] = True
+        self.last_at = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = self.last_at
+        if self.stop_strings and any(s in llm.decode(self.generated) for s in self.stop_strings):
+            self.reason = "stop_string"
+        elif len(self.generated) >= self.max_new:
+            self.reason = "max_new_tokens"
+        elif length >= llm.context_length:
+            self.reason = "context"
+        return token
+
+
 class LLM:
     """A loaded bundle: session, tokenizer and manifest."""
 
@@ -181,9 +363,13 @@ class LLM:
         """Longest piece of prompt one step takes: the TensorRT profile's maximum, else unlimited."""
         self._graph_ids = itertools.count(1)
         profile = self._profile(manifest, opened.provider)
+        self.max_batch: int | None = None
+        """Most sequences one run takes: the TensorRT profile's batch, else unlimited."""
         if profile is not None:
             self.max_chunk = profile.max.get("input_ids", [1, 0])[1] or None
+            self.max_batch = profile.max.get("input_ids", [1, 0])[0] or 1
         self._states: list[DecodeState] = []
+        self._batches: dict[int, list[BatchState]] = {}
         chat = self.section.chat
         stop_ids = set(self.section.generation.stop_token_ids)
         end = tokenizer.token_to_id(templates.end_marker(chat.template, chat.eos_token))
@@ -286,98 +472,96 @@ class LLM:
 
     def stream(self, prompt_ids: Sequence[int], config: GenerationConfig | None = None) -> Iterator[int]:
         """Yield new token ids one by one; the generator's return value is the stop reason."""
-        cfg = config or GenerationConfig()
-        g = self.section.generation
-        max_new = g.max_new_tokens if cfg.max_new_tokens is None else cfg.max_new_tokens
-        if max_new < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new}")
-        if not prompt_ids:
-            raise ValueError("the prompt is empty")
-        if len(prompt_ids) >= self.context_length:
-            raise ValueError(
-                f"the prompt has {len(prompt_ids)} tokens; this bundle takes at most {self.context_length} "
-                "(prompt and answer together): shorten the prompt"
-            )
-        do_sample = g.do_sample if cfg.do_sample is None else cfg.do_sample
-        temperature = g.temperature if cfg.temperature is None else cfg.temperature
-        top_p = g.top_p if cfg.top_p is None else cfg.top_p
-        penalty = g.repetition_penalty if cfg.repetition_penalty is None else cfg.repetition_penalty
-        stop_strings = g.stop_strings if cfg.stop_strings is None else cfg.stop_strings
-        ngram = g.no_repeat_ngram_size if cfg.no_repeat_ngram_size is None else cfg.no_repeat_ngram_size
-        blocker = sampling.NgramBlocker(ngram, prompt_ids, self.stop_token_ids)
-        if temperature < 0 or not 0 < top_p <= 1 or penalty <= 0:
-            raise ValueError(
-                f"need temperature >= 0, 0 < top_p <= 1 and repetition_penalty > 0; got {temperature}, "
-                f"{top_p}, {penalty}"
-            )
-        rng = np.random.Generator(np.random.PCG64(cfg.seed))
-        seen = np.zeros(self.section.cache.vocab_size, dtype=bool)
-        seen[np.asarray(prompt_ids, dtype=np.int64)] = True
-        sampler = sampling.Sampler(
-            do_sample=do_sample, temperature=temperature, top_p=top_p, repetition_penalty=penalty, rng=rng
-        )
+        row = _Row(self, prompt_ids, config or GenerationConfig())
         state = self._acquire()
         try:
-            return (
-                yield from self._loop(
-                    state, prompt_ids, (cfg.min_new_tokens, max_new), stop_strings, blocker, seen, sampler
-                )
-            )
+            logits = state.forward(row.prompt_ids)
+            while True:
+                token = row.choose(logits, state.length)
+                if token is None:
+                    return row.reason
+                yield token
+                if row.reason is not None:
+                    return row.reason
+                logits = state.forward([token])
         finally:
             self._states.append(state)
-
-    def _loop(
-        self,
-        state: DecodeState,
-        prompt_ids: Sequence[int],
-        lengths: tuple[int, int],
-        stop_strings: Sequence[str],
-        blocker: sampling.NgramBlocker,
-        seen: np.ndarray,
-        sampler: sampling.Sampler,
-    ) -> Iterator[int]:
-        min_new, max_new = lengths
-        logits = state.forward(prompt_ids)
-        generated: list[int] = []
-        while True:
-            banned = blocker.banned()
-            if len(generated) < min_new:
-                banned = [*banned, *self.stop_token_ids]
-            token = sampler(logits, np.flatnonzero(seen), banned)
-            if token in self.stop_token_ids:
-                return "stop_token"
-            generated.append(token)
-            blocker.add(token)
-            seen[token] = True
-            yield token
-            if stop_strings and any(s in self.decode(generated) for s in stop_strings):
-                return "stop_string"
-            if len(generated) >= max_new:
-                return "max_new_tokens"
-            if state.length >= self.context_length:
-                return "context"
-            logits = state.forward([token])
 
     def generate(
         self, prompt: str | Sequence[int], config: GenerationConfig | None = None
     ) -> GenerationResult:
         """Run :meth:`stream` to the end; ``prompt`` is text (already templated) or token ids."""
+        return self.generate_batch([prompt], [config])[0]
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        configs: Sequence[GenerationConfig | None] | None = None,
+    ) -> list[GenerationResult]:
+        """Generate for several prompts at once (each with its own settings and seed): their
+        decoding steps run as one batch. Every result is what :meth:`generate` gives for that
+        prompt alone; one prompt takes the single-sequence path (its cache reused between calls).
+        """
+        if not prompts:
+            return []
+        cfgs = list(configs) if configs is not None else [None] * len(prompts)
+        if len(cfgs) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(cfgs)} configs")
+        limit = self.max_batch or len(prompts)
+        if len(prompts) > limit:  # a fixed engine profile: in slices it takes
+            out: list[GenerationResult] = []
+            for i in range(0, len(prompts), limit):
+                out += self.generate_batch(prompts[i : i + limit], cfgs[i : i + limit])
+            return out
         t0 = time.perf_counter()
-        ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        tokens: list[int] = []
-        first = last = t0
-        stream = self.stream(ids, config)
-        while True:
+        rows = [
+            _Row(self, self.encode(p) if isinstance(p, str) else list(p), c or GenerationConfig())
+            for p, c in zip(prompts, cfgs, strict=True)
+        ]
+        if len(rows) == 1:
+            state = self._acquire()
             try:
-                token = next(stream)
-            except StopIteration as stop:
-                reason: StopReason = stop.value
-                break
-            last = time.perf_counter()
-            if not tokens:
-                first = last
-            tokens.append(token)
+                self._run_rows(
+                    rows,
+                    lambda _, ids: state.forward(ids),
+                    lambda feed: [state.forward(feed)],
+                    lambda _: state.length,
+                )
+            finally:
+                self._states.append(state)
+        else:
+            pool = self._batches.setdefault(len(rows), [])
+            batch = pool.pop() if pool else BatchState(self, len(rows))
+            batch.reset()
+            try:
+                self._run_rows(rows, batch.prefill, lambda tokens: list(batch.step(tokens)),
+                               lambda i: batch.lengths[i])  # fmt: skip
+            finally:
+                pool.append(batch)
         end = time.perf_counter()
+        return [self._result(row, t0, end, cfg) for row, cfg in zip(rows, cfgs, strict=True)]
+
+    @staticmethod
+    def _run_rows(
+        rows: Sequence[_Row],
+        prefill: Callable[[int, Sequence[int]], np.ndarray],
+        step: Callable[[list[int | None]], list[np.ndarray]],
+        length: Callable[[int], int],
+    ) -> None:
+        logits = [prefill(i, row.prompt_ids) for i, row in enumerate(rows)]
+        while True:
+            feed: list[int | None] = [None] * len(rows)
+            for i, row in enumerate(rows):
+                if row.reason is None:
+                    token = row.choose(logits[i], length(i))
+                    # A row that stopped on this token (stop string, length) needs no step after it.
+                    feed[i] = token if row.reason is None else None
+            if all(token is None for token in feed):
+                return
+            logits = step(feed)
+
+    def _result(self, row: _Row, t0: float, end: float, config: GenerationConfig | None) -> GenerationResult:
+        tokens = row.generated
         text = self.decode(tokens)
         for s in (
             config.stop_strings
@@ -386,13 +570,16 @@ class LLM:
         ):
             if s in text:
                 text = text[: text.index(s)]
+        first = row.first_at if row.first_at is not None else end
+        last = row.last_at if row.last_at is not None else end
         decode_rate = (len(tokens) - 1) / (last - first) if len(tokens) > 1 and last > first else 0.0
+        assert row.reason is not None
         return GenerationResult(
             text=text,
-            token_ids=tokens,
-            prompt_tokens=len(ids),
-            stop_reason=reason,
-            first_token_s=(first if tokens else end) - t0,
+            token_ids=list(tokens),
+            prompt_tokens=len(row.prompt_ids),
+            stop_reason=row.reason,
+            first_token_s=first - t0,
             total_s=end - t0,
             decode_tokens_per_s=decode_rate,
         )

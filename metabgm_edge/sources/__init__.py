@@ -138,30 +138,74 @@ def _endpoint(host: str | None, port: int | None, query: str, uri: str) -> tuple
     return host or "127.0.0.1", port, params
 
 
+class _Channel:
+    """One player's latest state and its recent messages (inside a :class:`LiveSource`)."""
+
+    __slots__ = ("accepted", "first_at", "history", "latest", "latest_at")
+
+    def __init__(self, history: int, now: float) -> None:
+        import collections
+
+        self.latest: SceneState | None = None
+        self.latest_at = now
+        self.first_at = now
+        self.accepted = 0
+        self.history: collections.deque[tuple[float, SceneState]] = collections.deque(maxlen=history)
+
+
 class LiveSource(Source):
-    """Base of sources fed by a receiving thread: keeps the latest valid state.
+    """Base of sources fed by a receiving thread: keeps the latest valid state, per player.
 
     A receiving thread calls :meth:`_offer` with each raw message; valid ones become the latest
-    state and are also kept (at most ``history`` of them) for :meth:`drain`. Invalid ones are
+    state of the message's ``player`` (:data:`~metabgm_edge.state.DEFAULT_PLAYER` when it names
+    none) and are also kept (at most ``history`` of them) for :meth:`drain`. Invalid ones are
     counted by reason and logged, rate-limited so a flood cannot fill the disk; they never replace
     the latest state. ``max_bytes`` bounds a message (subclasses may lower it).
+
+    One session (``play``) follows one player: ``player`` names it, else the first one heard, and
+    messages for others are ignored. A host of many sessions (``serve``) asks :meth:`players` and
+    takes a :meth:`player_source` per player; a player not heard for ``forget_after`` seconds is
+    forgotten, and at most ``max_players`` are kept at once (more are rejected, ``too_many_players``).
     """
 
     live = True
 
-    def __init__(self, *, token: str | None = None, history: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        token: str | None = None,
+        history: int = 4096,
+        player: str | None = None,
+        forget_after: float = 60.0,
+        max_players: int = 64,
+    ) -> None:
         super().__init__()
         import collections
 
         from metabgm_edge.sources.rejects import RejectLog
-        from metabgm_edge.state import MAX_MESSAGE_BYTES
+        from metabgm_edge.state import MAX_MESSAGE_BYTES, PLAYER_ID
 
+        if player is not None and not PLAYER_ID.fullmatch(player):
+            raise SourceError(f"player={player[:80]!r}: a player id is 1-64 of A-Z a-z 0-9 _ . -")
+        if not 1.0 <= forget_after <= 86400.0:
+            raise SourceError(f"forget={forget_after!r}: expected seconds from 1 to 86400")
+        if not 1 <= max_players <= 4096:
+            raise SourceError(f"max_players={max_players!r}: expected a count from 1 to 4096")
         self.token = token
         self.max_bytes = MAX_MESSAGE_BYTES
+        self.forget_after = float(forget_after)
+        self.max_players = int(max_players)
+        self._history_size = history
         self._reject_log = RejectLog(logging.getLogger(type(self).__module__), lambda: self.uri)
+        self._followed: str | None = player
         self._latest: SceneState | None = None
         self._latest_at: float | None = None
         self._history: collections.deque[tuple[float, SceneState]] = collections.deque(maxlen=history)
+        self._channels: dict[str, _Channel] = {}
+        self._forgotten = 0
+        self._ignored_said = False
+        self.serving_many = False
+        """Set by a host of many sessions: every player is served, none is "followed"."""
 
     def sample(self, now: float) -> SceneState | None:
         with self._lock:
@@ -184,6 +228,47 @@ class LiveSource(Source):
         with self._lock:
             return self._latest_at
 
+    @property
+    def followed(self) -> str | None:
+        """The player a single session follows (None until one is heard, when none was named)."""
+        with self._lock:
+            return self._followed
+
+    # -- many players -------------------------------------------------------------------------
+
+    def players(self) -> list[str]:
+        """The players heard within ``forget_after`` seconds, in the order they arrived. Players
+        quiet for longer are forgotten here (their sessions should end)."""
+        import time
+
+        with self._lock:
+            self._forget_locked(time.monotonic())
+            return list(self._channels)
+
+    def player_source(self, player: str) -> PlayerSource:
+        """A source of one player's states (for one session among many); this source must be
+        started (and closed) by whoever hosts the sessions."""
+        return PlayerSource(self, player)
+
+    def _forget_locked(self, now: float) -> None:
+        gone = [p for p, ch in self._channels.items() if now - ch.latest_at > self.forget_after]
+        for player in gone:
+            del self._channels[player]
+            self._forgotten += 1
+            logging.getLogger(type(self).__module__).info(
+                "%s: player %s not heard for %.0f s: forgotten", self.uri, player, self.forget_after
+            )
+
+    def _channel(self, player: str) -> _Channel | None:
+        with self._lock:
+            return self._channels.get(player)
+
+    def _sample_of(self, state: SceneState, at: float) -> SceneState:
+        """What :meth:`sample` makes of a kept state received at ``at`` (subclasses may age it)."""
+        return state
+
+    # -- receiving ----------------------------------------------------------------------------
+
     def _offer(self, data: bytes | str, peer: str = "") -> SceneState | None:
         """Validate one message; returns the state, or None when rejected (counted, logged)."""
         from metabgm_edge.errors import MessageError
@@ -198,14 +283,19 @@ class LiveSource(Source):
             except UnicodeDecodeError as exc:
                 return self._reject("invalid_utf8", f"not UTF-8 text: {exc.reason} at byte {exc.start}", peer)
         try:
-            state, _ = parse_message(raw, token=self.token)
+            state, envelope = parse_message(raw, token=self.token)
         except MessageError as exc:
             return self._reject(exc.reason, exc.detail, peer)
         except Exception as exc:  # a validator bug must not stop the source; the reason says so
             return self._reject(
                 "internal_error", f"validator failed: {type(exc).__name__}: {exc}", peer, True
             )
-        self._accept(state)
+        if not self._accept(state, envelope.player):
+            return self._reject(
+                "too_many_players",
+                f"{self.max_players} players are active already; raise ?max_players= if you need more",
+                peer,
+            )
         return state
 
     def _reject(self, reason: str, detail: str, peer: str = "", exc_info: bool = False) -> None:
@@ -216,13 +306,83 @@ class LiveSource(Source):
         self._reject_log(reason, message, exc_info=exc_info)
         return None
 
-    def _accept(self, state: SceneState) -> None:
+    def _accept(self, state: SceneState, player: str | None = None) -> bool:
+        """Keep a valid state as its player's latest; False (nothing kept) when it would be one
+        player more than ``max_players``."""
         import time
 
+        from metabgm_edge.state import DEFAULT_PLAYER
+
         now = time.monotonic()
+        who = player or DEFAULT_PLAYER
+        ignored = None
         with self._lock:
+            channel = self._channels.get(who)
+            if channel is None:
+                self._forget_locked(now)
+                if len(self._channels) >= self.max_players:
+                    return False
+                channel = self._channels[who] = _Channel(min(self._history_size, 512), now)
             self._received += 1
             self._accepted += 1
-            self._latest = state
-            self._latest_at = now
-            self._history.append((now, state))
+            channel.latest = state
+            channel.latest_at = now
+            channel.accepted += 1
+            channel.history.append((now, state))
+            if self._followed is None:
+                self._followed = who
+            if who == self._followed:
+                self._latest = state
+                self._latest_at = now
+                self._history.append((now, state))
+            elif not self._ignored_said and not self.serving_many:
+                self._ignored_said = True
+                ignored = self._followed
+        if ignored is not None:
+            logging.getLogger(type(self).__module__).info(
+                "%s: this session follows player %s; states of other players (%s, ...) are kept apart "
+                "and do not change its music (metabgm-edge serve plays for every player)",
+                self.uri, ignored, who,
+            )  # fmt: skip
+        return True
+
+
+class PlayerSource(LiveSource):
+    """One player's states on a shared listener (:meth:`LiveSource.player_source`): what one
+    session among many reads. It neither starts nor closes the listener."""
+
+    def __init__(self, parent: LiveSource, player: str) -> None:
+        super().__init__(player=player)
+        self.parent = parent
+        self.player = player
+        self.uri = f"{parent.uri}#{player}"
+
+    def sample(self, now: float) -> SceneState | None:
+        channel = self.parent._channel(self.player)
+        if channel is None or channel.latest is None:
+            return None
+        with self.parent._lock:
+            state, at = channel.latest, channel.latest_at
+        return self.parent._sample_of(state, at)
+
+    def drain(self) -> list[tuple[float, SceneState]]:
+        channel = self.parent._channel(self.player)
+        if channel is None:
+            return []
+        with self.parent._lock:
+            items = list(channel.history)
+            channel.history.clear()
+        return items
+
+    @property
+    def last_message_at(self) -> float | None:
+        channel = self.parent._channel(self.player)
+        return None if channel is None else channel.latest_at
+
+    def stats(self) -> SourceStats:
+        channel = self.parent._channel(self.player)
+        n = 0 if channel is None else channel.accepted
+        return SourceStats(received=n, accepted=n)
+
+    def close(self) -> None:
+        pass

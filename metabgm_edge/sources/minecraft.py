@@ -210,11 +210,15 @@ class MinecraftSource(LiveSource):
         backoff_max: float | str = 30.0,
         **unknown: str,
     ) -> None:
-        super().__init__()
+        from metabgm_edge.sources.net import _player_options
+
+        query: dict[str, object] = dict(unknown)
+        super().__init__(**_player_options(query))
+        unknown = {k: str(v) for k, v in query.items()}
         if unknown:
             raise SourceError(
                 f"minecraft source: unknown parameter(s) {', '.join(sorted(unknown))}; known: listen, "
-                "version, rate, hostile_radius, attack_window, backoff_max"
+                "version, rate, hostile_radius, attack_window, backoff_max, player, forget, max_players"
             )
         self.host = host
         self.port = int(_number("port", port, 1, 65535, low_open=False))
@@ -255,7 +259,12 @@ class MinecraftSource(LiveSource):
     def sample(self, now: float) -> SceneState | None:
         with self._lock:
             state, at = self._latest, self._latest_at
-        if state is None or state.attacked is None or at is None:
+        if state is None or at is None:
+            return state
+        return self._sample_of(state, at)
+
+    def _sample_of(self, state: SceneState, at: float) -> SceneState:
+        if state.attacked is None:
             return state
         # Kept past its time (the session is gone): the last hit keeps getting older.
         age = time.monotonic() - at
@@ -304,12 +313,14 @@ class MinecraftSource(LiveSource):
         return self.listen_address
 
     # ---- internals ----
-    def _accept(self, state: SceneState) -> None:
-        super()._accept(state)
+    def _accept(self, state: SceneState, player: str | None = None) -> bool:
+        if not super()._accept(state, player):
+            return False
         with self._status:
             back, self._lost = self._lost, False
         if back:
             log.info("%s: player state is flowing again", self.uri)
+        return True
 
     def _report_loss(self, why: str, then: str, *, ended: bool = True) -> None:
         """Warn once per outage; the last state stays. ``ended``: the session is over."""

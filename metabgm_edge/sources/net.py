@@ -58,7 +58,7 @@ class NetSource(LiveSource):
     """Common part of the UDP and WebSocket listeners: address policy, limits, validation."""
 
     scheme: ClassVar[str] = ""
-    options: ClassVar[tuple[str, ...]] = ("token", "max_bytes", "public")
+    options: ClassVar[tuple[str, ...]] = ("token", "max_bytes", "public", "player", "forget", "max_players")
 
     def __init__(
         self,
@@ -70,6 +70,8 @@ class NetSource(LiveSource):
         public: bool | str = False,
         unknown: dict[str, object] | None = None,
     ) -> None:
+        unknown = dict(unknown or {})
+        players = _player_options(unknown)
         if unknown:
             names = ", ".join(sorted(unknown))
             raise SourceError(
@@ -80,7 +82,7 @@ class NetSource(LiveSource):
             raise SourceError(f"token must be a string, got {type(token).__name__}")
         if token == "":
             raise SourceError("token is empty: leave ?token= out, or give the shared secret")
-        super().__init__(token=token)
+        super().__init__(token=token, **players)
         self.host = host or "127.0.0.1"
         self.port = _int_option("port", port, 0, 65535, "a TCP/UDP port number (0 picks a free one)")
         self.max_bytes = (
@@ -569,6 +571,19 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _player_options(query: dict[str, object]) -> dict[str, Any]:
+    """``player`` (the one a single session follows), ``forget`` (seconds before a quiet player
+    is forgotten) and ``max_players``, taken out of a listener's query."""
+    out: dict[str, Any] = {}
+    if "player" in query:
+        out["player"] = str(query.pop("player"))
+    if "forget" in query:
+        out["forget_after"] = _float_option("forget", query.pop("forget"), 1.0, 86400.0)  # type: ignore[arg-type]
+    if "max_players" in query:
+        out["max_players"] = _int_option("max_players", query.pop("max_players"), 1, 4096, "a player count")  # type: ignore[arg-type]
+    return out
 
 
 def _int_option(name: str, value: int | str, low: int, high: int, what: str) -> int:

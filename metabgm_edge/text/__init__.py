@@ -7,6 +7,7 @@ request, so the pipeline in :mod:`metabgm_edge.stages` does not care which one r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -43,9 +44,16 @@ class StageRequest(Struct, kw_only=True, frozen=True):
 @runtime_checkable
 class TextBackend(Protocol):
     name: str
+    batches: bool
+    """True when :meth:`generate_batch` is faster than one request after another (an LLM: its
+    decoding steps run as one batch); a server then batches requests across players."""
 
     def generate(self, request: StageRequest) -> str:
         """Return the stage's text. May raise; the scheduler then uses the composer fallback."""
+        ...
+
+    def generate_batch(self, requests: Sequence[StageRequest]) -> list[str]:
+        """Each request's text, as :meth:`generate` gives it alone, in order. May raise."""
         ...
 
 

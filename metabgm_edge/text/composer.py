@@ -26,6 +26,7 @@ import logging
 import random
 import re
 import zlib
+from collections.abc import Sequence
 from typing import Final
 
 from metabgm_edge.text import StageRequest
@@ -82,9 +83,14 @@ class Composer:
     """Deterministic composer rules: the default text backend, and every backend's fallback."""
 
     name = "composer"
+    batches = False
+    """Rules take microseconds: nothing to gain from batching."""
 
     def __init__(self, vocabulary: Vocabulary | None = None) -> None:
         self.vocabulary = vocabulary if vocabulary is not None else load_vocabulary()
+
+    def generate_batch(self, requests: Sequence[StageRequest]) -> list[str]:
+        return [self.generate(r) for r in requests]
 
     def generate(self, request: StageRequest) -> str:
         if request.stage not in ("narrative", "description", "direct"):

@@ -29,17 +29,27 @@ class LLMText:
     ) -> LLMText:
         return cls(LLM.load(path, providers=providers, threads=threads))
 
+    batches = True
+    """Several requests decode as one batch (:meth:`LLM.generate_batch`): the weights are read once
+    per step for all of them."""
+
     def generate(self, request: StageRequest) -> str:
-        config = GenerationConfig(max_new_tokens=request.max_new_tokens, seed=request.seed)
-        result = self.llm.chat(request.messages, config)
-        log.debug(
-            "%s: %d prompt + %d new tokens (%s) in %.2f s, first token %.2f s, %.1f tok/s",
-            request.stage,
-            result.prompt_tokens,
-            len(result.token_ids),
-            result.stop_reason,
-            result.total_s,
-            result.first_token_s,
-            result.decode_tokens_per_s,
-        )
-        return result.text.strip()
+        return self.generate_batch([request])[0]
+
+    def generate_batch(self, requests: Sequence[StageRequest]) -> list[str]:
+        prompts = [self.llm.render_chat(r.messages) for r in requests]
+        configs = [GenerationConfig(max_new_tokens=r.max_new_tokens, seed=r.seed) for r in requests]
+        results = self.llm.generate_batch(prompts, configs)
+        for request, result in zip(requests, results, strict=True):
+            log.debug(
+                "%s: %d prompt + %d new tokens (%s) in %.2f s, first token %.2f s, %.1f tok/s (batch of %d)",
+                request.stage,
+                result.prompt_tokens,
+                len(result.token_ids),
+                result.stop_reason,
+                result.total_s,
+                result.first_token_s,
+                result.decode_tokens_per_s,
+                len(requests),
+            )
+        return [result.text.strip() for result in results]

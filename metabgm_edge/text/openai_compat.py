@@ -33,6 +33,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -56,6 +57,9 @@ def is_openai_spec(spec: str) -> bool:
 
 class OpenAIText:
     """:class:`~metabgm_edge.text.TextBackend` over an OpenAI-compatible chat completions endpoint."""
+
+    batches = False
+    """Requests go one at a time; a server that batches (vLLM, llama.cpp's slots) does it itself."""
 
     def __init__(
         self,
@@ -140,6 +144,9 @@ class OpenAIText:
         return cls(base, **kwargs)
 
     # -- the text interface ---------------------------------------------------------------------
+
+    def generate_batch(self, requests: Sequence[StageRequest]) -> list[str]:
+        return [self.generate(r) for r in requests]
 
     def generate(self, request: StageRequest) -> str:
         limit = self.timeout if request.timeout is None else min(self.timeout, request.timeout)

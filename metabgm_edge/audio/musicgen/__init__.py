@@ -26,7 +26,7 @@ import msgspec
 import numpy as np
 from msgspec import Struct
 
-from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE, AudioChunk, AudioRequest
+from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE, AudioChunk, AudioRequest, interleave
 from metabgm_edge.audio.musicgen.codec import StreamingDecoder
 from metabgm_edge.audio.musicgen.model import CacheMode, MusicGenModel
 from metabgm_edge.audio.musicgen.sampling import SamplingConfig
@@ -103,6 +103,7 @@ class MusicGen:
     kind = "musicgen"
     sample_rate = SAMPLE_RATE
     channels = CHANNELS
+    batches = False
 
     def __init__(self, model: MusicGenModel, *, sampling: SamplingConfig | None = None) -> None:
         s = model.section
@@ -148,6 +149,9 @@ class MusicGen:
                     pass
             self._speed = self.last.realtime_factor
         return self._speed
+
+    def stream_batch(self, requests: Sequence[AudioRequest]) -> Iterator[list[AudioChunk | None]]:
+        return interleave([self.stream(r) for r in requests])
 
     def stream(self, request: AudioRequest) -> Iterator[AudioChunk]:
         s = self.model.section

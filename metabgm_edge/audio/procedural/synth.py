@@ -40,7 +40,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
@@ -50,7 +50,7 @@ from msgspec import Struct
 
 from metabgm_edge import music_words as mw
 from metabgm_edge.audio.dsp import crossfade
-from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE, AudioChunk, AudioRequest
+from metabgm_edge.audio.interface import CHANNELS, SAMPLE_RATE, AudioChunk, AudioRequest, interleave
 from metabgm_edge.audio.procedural.musicparse import INSTRUMENTS, MusicSpec, parse_description
 from metabgm_edge.audio.procedural.theory import (
     MINOR_LIKE,
@@ -266,6 +266,8 @@ class ProceduralSynth:
     kind = "synth"
     sample_rate = SAMPLE_RATE
     channels = CHANNELS
+    batches = False
+    """Each segment is a few numpy passes: nothing to share between segments, nothing to batch."""
 
     def __init__(self, channels: int = CHANNELS) -> None:
         if channels not in (1, 2):
@@ -307,6 +309,9 @@ class ProceduralSynth:
         audio, end = self._render(request.description, request.seconds, anchor, tail=request.tail,
                                   seed=request.seed)  # fmt: skip
         yield AudioChunk(audio=audio, last=True, anchor=end)
+
+    def stream_batch(self, requests: Sequence[AudioRequest]) -> Iterator[list[AudioChunk | None]]:
+        return interleave([self.stream(r) for r in requests])
 
     def anchor_from_bytes(self, data: bytes) -> SynthAnchor:
         return SynthAnchor.from_bytes(data)
