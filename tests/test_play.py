@@ -424,7 +424,7 @@ def test_a_backend_slower_than_real_time_queued_is_heard_late_without_silence(tm
     slow = SlowAudio(0.5)
     s = Session(
         open_source("sim:forest"), Composer(), slow,
-        options=PlayOptions(interval=2.0, duration=12.0, sample_period=0.5, if_slow="queue"),
+        options=PlayOptions(interval=2.0, duration=16.0, sample_period=0.5, if_slow="queue"),
         out=tmp_path / "out.wav", log_path=tmp_path / "log.jsonl", use_device=False,
     )  # fmt: skip
     stats = s.run()
