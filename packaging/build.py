@@ -55,6 +55,9 @@ EXCLUDED_OWN = (
     # (export.cli, the command group, and export.recipe, the recipe reader, stay: click and tomllib only).
     "metabgm_edge.export.llm", "metabgm_edge.export.musicgen", "metabgm_edge.export.musicgen_graphs",
     "metabgm_edge.export.graph", "metabgm_edge.export.quantize", "metabgm_edge.export.tensorrt",
+    # The server side of `serve` (Ray Serve deployments): operators install the serve extra; a
+    # player's build keeps `listen` and says in one line what `serve` needs.
+    "metabgm_edge.serve.app", "metabgm_edge.serve.remote",
     # onnxruntime's own conversion and training tools (they import onnx and torch).
     "onnxruntime.transformers", "onnxruntime.quantization", "onnxruntime.tools", "onnxruntime.training",
     "pkg_resources", "setuptools",

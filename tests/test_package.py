@@ -105,12 +105,18 @@ def test_the_build_holds_no_torch_transformers_or_export_tools(packaged: Path) -
         if m.split(".")[0] in package_build.FORBIDDEN or m.startswith("metabgm_edge.export.")
     )
     assert heavy == ["metabgm_edge.export.cli", "metabgm_edge.export.recipe"], heavy
+    left_out = set(package_build.EXCLUDED_OWN)
+    assert not left_out & set(modules), left_out & set(modules)  # Ray's server side, the export tools
+    assert "metabgm_edge.serve.listen" in modules  # a player hears a server's music with the build
     # Every module of the runtime is inside (backends opened by name included: MusicGen, the LLM,
-    # the OpenAI-compatible client), whatever main adds later; only the export tools are left out.
+    # the OpenAI-compatible client), whatever main adds later; only the export tools and the Ray
+    # server side of `serve` (named in packaging/build.py) are left out.
     runtime = sorted(
         m
         for m in source_modules()
-        if (not m.startswith("metabgm_edge.export.") or m in heavy) and m != "metabgm_edge.__main__"
+        if (not m.startswith("metabgm_edge.export.") or m in heavy)
+        and m not in left_out
+        and m != "metabgm_edge.__main__"
     )  # (__main__ is `python -m metabgm_edge`; the build's entry point is packaging/entry.py)
     assert "metabgm_edge.audio.musicgen.model" in runtime and "metabgm_edge.text.openai_compat" in runtime
     assert [m for m in runtime if m not in modules] == []
@@ -296,6 +302,7 @@ MINECRAFT = ["play", "--source", "minecraft://127.0.0.1:25565", "--duration", "1
             "export extra",
         ),
         (["eval", "--text", "composer", "--pairs", "p.jsonl"], None, {}, "pip install 'metabgm-edge[eval]'"),
+        (["serve"], None, {}, "pip install 'metabgm-edge[serve]'"),
     ],
     ids=[
         "malformed-scene",
@@ -305,6 +312,7 @@ MINECRAFT = ["play", "--source", "minecraft://127.0.0.1:25565", "--duration", "1
         "export",
         "finetune",
         "eval",
+        "serve",
     ],
 )
 def test_bad_input_gets_one_line(packaged: Path, tmp_path: Path, args, stdin, env, says) -> None:
