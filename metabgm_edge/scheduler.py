@@ -32,6 +32,10 @@ Fallbacks, each named, logged and counted, none of them silent:
                                                   late segment then cuts in
     audio.align.error                             the extension to the next bar line failed: the
                                                   next segment joins where the music ends
+    audio.stalled                                 a segment's stream stopped coming mid-segment
+                                                  (a model replica that died) with the music about
+                                                  to run out: it ends where it is, the music is
+                                                  extended, the next segment cuts in
 With ``fast`` the session runs on virtual time as fast as the machine allows (no device): the WAV
 holds exactly ``duration`` seconds, aligned with the game clock as a real-time run would be.
 """
@@ -89,6 +93,8 @@ LEAD_SAFETY: Final = 0.1
 LEAD_HISTORY: Final = 5
 """Segments whose measured needs the lead covers."""
 MIN_SEGMENT: Final = 1.0
+STALL_SECONDS: Final = 1.0
+"""A stream that sends nothing this long while the music is about to run out has stalled."""
 RESERVE_SECONDS: Final = 0.5
 """Tail rendered past one crossfade: music the deep ring keeps playing while the next segment comes."""
 
@@ -222,6 +228,8 @@ class Session:
         """Set when a real-time session ends: the music fades out now and nothing more is queued."""
         self._late = threading.Event()
         """Set by the watchdog when it had to extend the music: the next segment cuts in."""
+        self._cut_stalled: Callable[[], bool] | None = None
+        """While a segment streams: ends it where it is if its stream has stalled (the watchdog's)."""
         self._log_file: IO[str] | None = None
         self._encoder = msgspec.json.Encoder()
         clock = FastClock() if opts.fast else RealClock()
@@ -310,7 +318,8 @@ class Session:
         lock = threading.Lock()
         cancel = threading.Event()
         got: dict[str, Any] = {"seg": None, "queued_at": None, "anchor": None, "frames": 0, "need": 0.0,
-                               "join": join, "first": None, "rendered": 0}  # fmt: skip
+                               "join": join, "first": None, "rendered": 0,
+                               "last": time.monotonic()}  # fmt: skip
         whole = self._whole_segments
         held: list[np.ndarray] = []
 
@@ -331,10 +340,21 @@ class Session:
                     got["seg"] = self.mixer.begin(got["join"], tail_frames)
                 got["seg"].add(audio)
                 got["frames"] += audio.shape[0]
+                got["last"] = time.monotonic()
                 if got["queued_at"] is None:
                     got["queued_at"] = now()
                     got["first"] = time.monotonic()
                 return True
+
+        def cut() -> bool:
+            with lock:
+                seg = got["seg"]
+                if cancel.is_set() or seg is None or time.monotonic() - got["last"] < STALL_SECONDS:
+                    return False
+                cancel.set()
+                got["stalled"] = True
+            seg.end(keep_last=False)  # what the extension repeats is the music before this stub
+            return True
 
         def work() -> None:
             for chunk in backend.stream(request):
@@ -357,57 +377,77 @@ class Session:
                 if not queue(audio):
                     return
 
+        self._cut_stalled = cut
         try:
-            # Late text leaves the audio at least a quarter of the budget: late music beats none.
-            timeout = max(deadline - time.monotonic(), 0.25 * opts.budget)
-            if whole:  # a slow backend, queued: it takes what it takes, with a margin
-                speed = max(self.stats.audio_realtime_factor, 1e-3)
-                timeout = max(timeout, 1.5 * (request.seconds + request.tail) / speed + opts.interval)
-            self._audio_guard.call(work, timeout)
-            if got.get("closed"):
-                if got["seg"] is not None:
-                    got["seg"].end()
-                return None
-        except Exception as exc:
-            if self._closing.is_set():
-                return None
-            with lock:
-                cancel.set()
+            try:
+                # Late text leaves the audio at least a quarter of the budget: late music beats none.
+                timeout = max(deadline - time.monotonic(), 0.25 * opts.budget)
+                if whole:  # a slow backend, queued: it takes what it takes, with a margin
+                    speed = max(self.stats.audio_realtime_factor, 1e-3)
+                    timeout = max(timeout, 1.5 * (request.seconds + request.tail) / speed + opts.interval)
+                self._audio_guard.call(work, timeout)
+                if got.get("closed"):
+                    if got["seg"] is not None:
+                        got["seg"].end()
+                    return None
+            except Exception as exc:
+                if self._closing.is_set():
+                    return None
+                with lock:
+                    cancel.set()
+                    seg = got["seg"]
+                    if seg is not None:
+                        seg.end()
+                reason = "audio.deadline" if isinstance(exc, DeadlineMissed) else "audio.error"
+                if got.get("stalled"):  # the watchdog cut it and keeps the music going
+                    reason = "audio.stalled"
+                log.warning("%s: %s; extending the previous segment", backend.name, exc)
+                fallbacks.append(reason)
+                self._fallbacks[reason] += 1
+                self._audio_failures += 1
+                missing = request.seconds - max(0, got["frames"] - tail_frames) / sr
+                if missing > 0 and not got.get("stalled"):
+                    self.mixer.extend_previous(missing)
+                if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and not self._replaced:
+                    if self.fallback_audio is None:
+                        self.fallback_audio = self._fallback_synth()
+                    log.error("%s failed %d times in a row: %s takes over for the rest of the session",
+                              backend.name, self._audio_failures, self.fallback_audio.name)  # fmt: skip
+                    self._replaced = True
+                    self._replaced_at = time.monotonic()
+                    self.audio = self.fallback_audio
+                    self._audio_guard = Guard("audio")
+                    fallbacks.append("audio.replaced")
+                    self._fallbacks["audio.replaced"] += 1
                 seg = got["seg"]
-                if seg is not None:
-                    seg.end()
-            reason = "audio.deadline" if isinstance(exc, DeadlineMissed) else "audio.error"
-            log.warning("%s: %s; extending the previous segment", backend.name, exc)
-            fallbacks.append(reason)
-            self._fallbacks[reason] += 1
-            self._audio_failures += 1
-            missing = request.seconds - max(0, got["frames"] - tail_frames) / sr
-            if missing > 0:
-                self.mixer.extend_previous(missing)
-            if self._audio_failures >= AUDIO_FAILURES_BEFORE_REPLACING and not self._replaced:
-                if self.fallback_audio is None:
-                    self.fallback_audio = self._fallback_synth()
-                log.error("%s failed %d times in a row: %s takes over for the rest of the session",
-                          backend.name, self._audio_failures, self.fallback_audio.name)  # fmt: skip
-                self._replaced = True
-                self._replaced_at = time.monotonic()
-                self.audio = self.fallback_audio
-                self._audio_guard = Guard("audio")
-                fallbacks.append("audio.replaced")
-                self._fallbacks["audio.replaced"] += 1
+                if seg is None or seg.start_frame is None:
+                    return None
+                return Rendered(
+                    got["queued_at"], seg.start_frame, seg.late, got["need"], None, got["join"], got["first"]
+                )
             seg = got["seg"]
-            if seg is None or seg.start_frame is None:
-                return None
+            if got.get("stalled"):  # it came back after the watchdog cut it: what came late is dropped
+                log.warning("%s stalled mid-segment; the music was extended", backend.name)
+                fallbacks.append("audio.stalled")
+                self._fallbacks["audio.stalled"] += 1
+                self._audio_failures += 1
+                return Rendered(
+                    got["queued_at"], seg.start_frame, seg.late, got["need"], None, got["join"], got["first"]
+                )
+            seg.end()
+            self._audio_failures = 0
+            self._anchor = got["anchor"]
             return Rendered(
-                got["queued_at"], seg.start_frame, seg.late, got["need"], None, got["join"], got["first"]
+                got["queued_at"],
+                seg.start_frame,
+                seg.late,
+                got["need"],
+                got["anchor"],
+                got["join"],
+                got["first"],
             )
-        seg = got["seg"]
-        seg.end()
-        self._audio_failures = 0
-        self._anchor = got["anchor"]
-        return Rendered(
-            got["queued_at"], seg.start_frame, seg.late, got["need"], got["anchor"], got["join"], got["first"]
-        )
+        finally:
+            self._cut_stalled = None
 
     def _request(self, description: str, seconds: float, seed: int, first_chunk: float = 0.0) -> AudioRequest:
         anchor = self._anchor
@@ -838,8 +878,13 @@ class Session:
                     break
                 ahead = (ring.available_frames + self.mixer.queued_frames) / sr
                 low_water = feeder.guard() / sr + 0.3
-                waiting = time.monotonic() < retry_at or self.mixer.streaming or self._stop.is_set()
+                waiting = time.monotonic() < retry_at or self._stop.is_set()
                 if ahead < low_water and not waiting:
+                    if self.mixer.streaming:  # a segment is coming in: only a stalled one is cut
+                        cut = self._cut_stalled
+                        if cut is None or not cut():
+                            continue
+                        log.warning("the segment on its way stalled mid-stream: it ends where it is")
                     # The next segment is late: keep the music going with the previous one.
                     got = self.mixer.extend_previous(opts.interval / 2)
                     if got > 0:

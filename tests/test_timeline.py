@@ -270,6 +270,45 @@ def test_a_hanging_audio_backend_misses_its_deadline_and_the_synth_takes_over(tm
     assert longest_silence(audio[SR // 2 :]) < XFADE
 
 
+class Stalling(Hanging):
+    """An audio backend whose stream stops coming mid-segment on chosen segments (a model replica
+    that dies after its first chunks): two 0.5 s chunks, then ``stall`` seconds of nothing, then an
+    error, as a dead connection gives."""
+
+    def __init__(self, stall_on: set[int], stall: float) -> None:
+        super().__init__(hang_on=set())
+        self.name, self.stall_on, self.stall = "stalling", stall_on, stall
+
+    def stream(self, request: AudioRequest) -> Iterator[AudioChunk]:
+        for chunk in self.synth.stream(request):
+            step = SR // 2
+            for i in range(0, chunk.audio.shape[0], step):
+                if request.seed in self.stall_on and i == 2 * step:
+                    self.release.wait(self.stall)
+                    raise RuntimeError("the replica died")
+                last = chunk.last and i + step >= chunk.audio.shape[0]
+                yield AudioChunk(
+                    audio=chunk.audio[i : i + step], last=last, anchor=chunk.anchor if last else None
+                )
+
+
+@pytest.mark.slow
+def test_a_stream_that_stalls_mid_segment_is_cut_and_the_music_goes_on(tmp_path: Path) -> None:
+    """audio.stalled on the real clock: segment 2's stream stops after 1 s of audio for 3 s."""
+    stalling = Stalling(stall_on={2}, stall=3.0)
+    try:
+        stats = run(tmp_path, stalling, fast=False, interval=4.0, sample_period=0.5, duration=18.0)
+    finally:
+        stalling.release.set()
+    recs = records(tmp_path)
+    assert stats.fallbacks.get("audio.stalled") == 1, stats.fallbacks
+    assert [r.index for r in recs if "audio.stalled" in r.fallbacks] == [2]
+    assert recs[-1].audio_backend == "stalling" and not recs[-1].fallbacks  # it comes back
+    assert stats.starvations == 0 and stats.underruns == 0
+    audio = read_wav(tmp_path / "out.wav")[0]
+    assert longest_silence(audio[SR // 2 :]) < XFADE
+
+
 class RaisingText:
     name = "raising"
 
