@@ -143,7 +143,8 @@ def test_connector_reads_the_player_state_from_the_packets(game: Game) -> None:
         action()  # returns once the server (or the player's client) has done it
         t0 = time.monotonic()
         try:
-            state = wait_until(lambda: (s := src.sample(0.0)) is not None and check(s) and s, 5, what, 0.005)
+            # (a wait, not a bound: a teleport into new chunks makes a loaded server generate them)
+            state = wait_until(lambda: (s := src.sample(0.0)) is not None and check(s) and s, 15, what, 0.005)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; the last state: {src.sample(0.0)}") from None
         latencies[what] = time.monotonic() - t0
