@@ -181,7 +181,28 @@ class Runtime(Engine):
         return self.backend.generate(request)
 
 
-class LlamaCpp(Engine):
+class TokenLoop(Engine):
+    """An engine whose ``_run`` yields tokens one by one with a time stamp each (llama.cpp, genai)."""
+
+    def _run(
+        self, ids: list[int], n: int, *, greedy: bool, seed: int, min_new: int = 0
+    ) -> tuple[list[int], list[float]]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int], n: int) -> tuple[float, float, int]:
+        t0 = time.perf_counter()
+        out, stamps = self._run(ids, n, greedy=True, seed=0, min_new=n)
+        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
+        return stamps[0] - t0, rate, len(out)
+
+    def generate(self, request: StageRequest) -> str:
+        out, _ = self._run(
+            self.ids(request.messages), request.max_new_tokens or 96, greedy=False, seed=request.seed
+        )
+        return self.text(out)
+
+
+class LlamaCpp(TokenLoop):
     def __init__(self, gguf: Path, bundle_dir: Path, threads: int) -> None:
         super().__init__(bundle_dir)
         from llama_cpp import Llama
@@ -214,20 +235,8 @@ class LlamaCpp(Engine):
                 break
         return out, stamps
 
-    def decode(self, ids: list[int], n: int) -> tuple[float, float, int]:
-        t0 = time.perf_counter()
-        out, stamps = self._run(ids, n, greedy=True, seed=0, min_new=n)
-        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
-        return stamps[0] - t0, rate, len(out)
 
-    def generate(self, request: StageRequest) -> str:
-        out, _ = self._run(
-            self.ids(request.messages), request.max_new_tokens or 96, greedy=False, seed=request.seed
-        )
-        return self.text(out)
-
-
-class Genai(Engine):
+class Genai(TokenLoop):
     def __init__(self, folder: Path, bundle_dir: Path, threads: int) -> None:
         super().__init__(bundle_dir)
         import onnxruntime_genai as og
@@ -264,18 +273,6 @@ class Genai(Engine):
             stamps.append(time.perf_counter())
             out.append(token)
         return out, stamps
-
-    def decode(self, ids: list[int], n: int) -> tuple[float, float, int]:
-        t0 = time.perf_counter()
-        out, stamps = self._run(ids, n, greedy=True, seed=0, min_new=n)
-        rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
-        return stamps[0] - t0, rate, len(out)
-
-    def generate(self, request: StageRequest) -> str:
-        out, _ = self._run(
-            self.ids(request.messages), request.max_new_tokens or 96, greedy=False, seed=request.seed
-        )
-        return self.text(out)
 
 
 class Eager(Engine):
