@@ -825,9 +825,23 @@ def bench_serve(
         ) from None
     if not counts or counts[0] < 1 or counts[-1] > 256:
         raise click.BadParameter("player counts from 1 to 256", param_hint="--players")
-    result = run_serve_bench(counts, duration=duration, text=text_spec, audio=audio_spec, batching=batching,
-                             config_path=config_path, interval=interval, fmt=fmt, stop_at_miss=stop_at_miss,
-                             echo=click.echo)  # fmt: skip
+    # With --json, stdout carries the JSON alone: the progress lines, and whatever Ray prints to
+    # file descriptor 1 while it runs and shuts down, go to stderr.
+    import contextlib
+    import os
+
+    with contextlib.ExitStack() as stack:
+        if as_json:
+            sys.stdout.flush()
+            saved = os.dup(1)
+            os.dup2(2, 1)
+            stack.callback(os.close, saved)
+            stack.callback(os.dup2, saved, 1)
+            stack.callback(sys.stdout.flush)
+        result = run_serve_bench(counts, duration=duration, text=text_spec, audio=audio_spec,
+                                 batching=batching, config_path=config_path, interval=interval, fmt=fmt,
+                                 stop_at_miss=stop_at_miss,
+                                 echo=lambda line: click.echo(line, err=as_json))  # fmt: skip
     encoded = msgspec.json.format(msgspec.json.encode(result), indent=2).decode()
     if out:
         Path(out).write_text(encoded + "\n", encoding="utf-8")

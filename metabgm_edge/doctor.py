@@ -266,21 +266,25 @@ def check_onnxruntime() -> Check:
             status="missing",
             detail=f"not importable ({exc}): LLM bundles cannot run; pip install 'metabgm-edge[cpu]'",
         )
-    from metabgm_edge.ort.session import packaging_problem
+    from metabgm_edge.errors import BundleError
+    from metabgm_edge.ort.session import SPIN_ENV, packaging_problem, spin_policy
 
     available = ort.get_available_providers()
     status, detail = try_provider("CPUExecutionProvider")
     problem = packaging_problem()
+    try:
+        spin = spin_policy()
+    except BundleError as exc:
+        problem, spin = problem or str(exc), None
+    data = {"version": ort.__version__, "built_with": available, "spin": spin}
     if problem:
-        return Check(
-            name="onnxruntime", status="error", data={"version": ort.__version__, "built_with": available},
-            detail=problem,
-        )  # fmt: skip
+        return Check(name="onnxruntime", status="error", data=data, detail=problem)
     return Check(
         name="onnxruntime",
         status=status,
-        data={"version": ort.__version__, "built_with": available},
-        detail=f"{ort.__version__}, built with {', '.join(available)}; CPU: {detail}",
+        data=data,
+        detail=f"{ort.__version__}, built with {', '.join(available)}; CPU: {detail}; threads spin: "
+        f"{spin} ({SPIN_ENV})",
     )
 
 

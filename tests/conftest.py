@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,6 +32,34 @@ def _propagating_logs() -> None:
     logger.handlers.clear()
     logger.propagate = True
     logger.setLevel(logging.NOTSET)
+
+
+def _restore_sigint() -> list[str]:
+    changed = []
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        changed.append(f"handler {signal.getsignal(signal.SIGINT)!r}")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+        changed.append("blocked")
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    return changed
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # A background job of a non-interactive shell (`make test &`, nohup) starts with SIGINT
+    # ignored, and Python keeps it so: the Ctrl-C tests' children would inherit that.
+    _restore_sigint()
+
+
+@pytest.fixture(autouse=True)
+def _ctrl_c_reaches_children(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Child processes inherit this process's SIGINT disposition and signal mask: if a library a
+    test loads leaves SIGINT ignored or blocked, every later Ctrl-C test's `play` / `serve` would
+    never see its Ctrl-C. Restore both after each test, and say which test changed them."""
+    yield
+    changed = _restore_sigint()
+    if changed:
+        warnings.warn(f"{request.node.nodeid} left SIGINT {', '.join(changed)}; restored", stacklevel=1)
 
 
 # -- no skips under `make test` --------------------------------------------------------------------

@@ -138,8 +138,14 @@ class TestServer(NodeScript):
 class Player(NodeScript):
     """The player's own client (a mineflayer bot) joining through the connector; rejoins when dropped."""
 
-    def __init__(self, port: int, username: str = "player", version: str = "1.16.5") -> None:
-        super().__init__("test-player.js", "--port", str(port), "--username", username, "--version", version)
+    def __init__(
+        self, port: int, username: str = "player", version: str = "1.16.5", *, rejoin: float = 1.0
+    ) -> None:
+        super().__init__(
+            "test-player.js", "--port", str(port), "--username", username, "--version", version,
+            "--rejoin", f"{rejoin:g}",
+        )  # fmt: skip
+        self.username = username
 
     def spawns(self, timeout: float = 30.0, since: int = 0) -> dict[str, Any]:
         """Wait for the player to spawn (an event from index ``since`` on)."""

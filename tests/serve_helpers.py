@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import socket
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -86,6 +88,19 @@ def silent_runs(
     if start is not None:
         runs.append((start * window, (frames - start) * window))
     return runs
+
+
+def rendered(audio: np.ndarray, segments: Sequence[tuple[float, bool]]) -> np.ndarray:
+    """The audio rendered for the segments' own windows: each ``(start s, came with a fallback)``
+    from its start to the next one's, where neither came with a fallback (the music extended
+    before a late or failed segment plays in the slot of the segment before it; the last segment's
+    end is unknown)."""
+    parts = [
+        audio[round(a * SR) : round(b * SR)]
+        for (a, fell_a), (b, fell_b) in itertools.pairwise(segments)
+        if not fell_a and not fell_b
+    ]
+    return np.concatenate(parts) if parts else audio[:0]
 
 
 def chroma(audio: np.ndarray) -> np.ndarray:

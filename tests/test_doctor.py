@@ -208,6 +208,17 @@ def test_two_onnxruntime_packages_are_an_error_with_the_fix(monkeypatch: pytest.
     assert "pip uninstall -y onnxruntime onnxruntime-gpu" in detail
 
 
+def test_doctor_says_how_model_threads_wait_and_flags_a_bad_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("METABGM_EDGE_ORT_SPIN", raising=False)
+    _, checks = run_doctor()
+    assert checks["onnxruntime"]["data"]["spin"] == "run"
+    assert "threads spin: run (METABGM_EDGE_ORT_SPIN)" in checks["onnxruntime"]["detail"]
+    monkeypatch.setenv("METABGM_EDGE_ORT_SPIN", "fast")
+    _, checks = run_doctor()
+    assert checks["onnxruntime"]["status"] == "error"
+    assert "METABGM_EDGE_ORT_SPIN='fast' must be one of run, always, never" in checks["onnxruntime"]["detail"]
+
+
 def test_tensorrt_rtx_says_how_to_install_it_when_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     from metabgm_edge.ort import session
 

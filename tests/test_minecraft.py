@@ -8,6 +8,7 @@ teleports, the nether. Every test stops by itself within a bounded time.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -499,15 +500,20 @@ if (first) {
 """
 
 
+def use_fake_connector(monkeypatch: pytest.MonkeyPatch, folder: Path, script: str) -> None:
+    """A connector folder holding ``script`` as connector.js (with the package the check looks for)."""
+    (folder / "connector.js").write_text(script)
+    (folder / "node_modules" / "minecraft-protocol").mkdir(parents=True)
+    (folder / "node_modules" / "minecraft-protocol" / "package.json").write_text("{}")
+    monkeypatch.setenv(CONNECTOR_ENV, str(folder))
+
+
 @needs_node
 def test_connector_lines_are_validated_and_a_dying_connector_is_restarted_with_backoff(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger=LOGGER)
-    (tmp_path / "connector.js").write_text(FAKE_CONNECTOR)
-    (tmp_path / "node_modules" / "minecraft-protocol").mkdir(parents=True)
-    (tmp_path / "node_modules" / "minecraft-protocol" / "package.json").write_text("{}")
-    monkeypatch.setenv(CONNECTOR_ENV, str(tmp_path))
+    use_fake_connector(monkeypatch, tmp_path, FAKE_CONNECTOR)
     source = open_source("minecraft://127.0.0.1:25565?backoff_max=2")
     assert isinstance(source, MinecraftSource)
     with source:
@@ -531,3 +537,70 @@ def test_connector_lines_are_validated_and_a_dying_connector_is_restarted_with_b
 def runs(folder: Path) -> list[float]:
     path = folder / "runs.txt"
     return [float(x) for x in path.read_text().split()] if path.exists() else []
+
+
+FAKE_MANY = r"""
+// A connector with two players: bob leaves after a hit, alice plays on, a player with a name that
+// is no player id joins, then the connector dies; later runs only listen.
+const fs = require('fs')
+const runs = __dirname + '/runs.txt'
+fs.appendFileSync(runs, JSON.stringify(process.argv.slice(2)) + '\n')
+const ev = (e) => process.stderr.write(JSON.stringify(e) + '\n')
+ev({ event: 'listening', port: 25566, version: '1.16.5' })
+process.stdin.on('end', () => process.exit(0))
+process.stdin.resume()
+if (fs.readFileSync(runs, 'utf8').trim().split('\n').length === 1) {
+  const line = (player, extra = {}) => process.stdout.write(JSON.stringify({
+    v: 1, player, scene: { biome: player === 'bob' ? 'desert' : 'forest' }, health: { value: 20, max: 20 },
+    extra: { username: player }, ...extra
+  }) + '\n')
+  ev({ event: 'session_started', username: 'alice', player: 'alice' })
+  ev({ event: 'session_started', username: 'bob', player: 'bob' })
+  let tick = 0 // 10 a second
+  setInterval(() => {
+    tick += 1
+    line('alice')
+    if (tick <= 5) line('bob', { attacked: { damage: 4, seconds_ago: 0, attacker: 'zombie' } })
+    if (tick === 7) ev({ event: 'session_ended', username: 'bob', player: 'bob', by: 'player' })
+    if (tick === 10) ev({ event: 'player_joined', username: 'N\u00e9v \u00dc', player: 'N_v__-aea9b0' })
+    if (tick === 30) process.exit(1)
+  }, 100)
+}
+"""
+
+
+@needs_node
+def test_one_player_leaving_is_their_loss_only_and_each_ages_apart(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    use_fake_connector(monkeypatch, tmp_path, FAKE_MANY)
+    source = open_source("minecraft://127.0.0.1:25565?backoff_max=1&max_players=5&forget=30")
+    assert isinstance(source, MinecraftSource)
+    with source:
+        wait_until(lambda: source.in_world == ["alice", "bob"], 10, "both players in the world")
+        wait_until(lambda: source.in_world == ["alice"], 10, "bob's session ending")
+        assert source.in_session
+        bob_left = warnings_from_source(caplog)
+        assert len(bob_left) == 1 and "bob left the game" in bob_left[0], bob_left
+        assert "their last state" in bob_left[0]
+        time.sleep(1.5)
+        bob, alice = source.player_source("bob").sample(0.0), source.player_source("alice").sample(0.0)
+        assert bob is not None and bob.scene.biome == "desert"  # kept until he is forgotten
+        assert bob.attacked is not None and bob.attacked.seconds_ago >= 1.5  # his last hit gets older
+        assert alice is not None and alice.attacked is None and alice.scene.biome == "forest"
+        assert source.followed == "alice" and source.sample(0.0) == alice  # play follows the first one
+        assert set(source.players()) == {"alice", "bob"}
+        wait_until(lambda: len(runs_of(tmp_path)) >= 2, 10, "the connector restarted")
+        assert not source.in_session
+    lost = warnings_from_source(caplog)
+    assert len(lost) == 3, lost
+    assert "'Név Ü' is not a player id" in lost[1] and "N_v__-aea9b0" in lost[1], lost
+    assert "connector stopped" in lost[2], lost
+    argv = runs_of(tmp_path)[0]
+    assert argv[argv.index("--max-players") + 1] == "5" and argv[argv.index("--forget") + 1] == "30"
+
+
+def runs_of(folder: Path) -> list[list[str]]:
+    path = folder / "runs.txt"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []

@@ -117,6 +117,40 @@ def test_extend_previous_with_nothing_to_repeat() -> None:
     assert m.extend_previous(3.0) == 0.0
 
 
+def test_an_extension_and_a_segment_arriving_at_the_same_moment_never_fail() -> None:
+    # The watchdog extends the music on its own thread while the pipeline's next segment begins:
+    # whichever comes second must wait or give way, never raise (a raise ended a serve session).
+    import threading
+
+    m = Mixer(SR, 2, crossfade_s=0.05)
+    m.append(_noise(1.0, 1), round(0.05 * SR))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def watchdog() -> None:
+        try:
+            while not stop.is_set():
+                m.extend_previous(0.2)
+                m.read(round(0.2 * SR))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=watchdog)
+    thread.start()
+    try:
+        for k in range(300):
+            seg = m.begin("append", round(0.05 * SR))
+            seg.add(_noise(0.1, k))
+            seg.end()
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        stop.set()
+        thread.join()
+    assert not errors, errors[:1]
+    assert m.stats.extensions > 0  # both really ran
+
+
 def test_starvation_fades_out_then_silence_and_a_new_segment_fades_in() -> None:
     m = Mixer(SR, 2, crossfade_s=0.5)
     a = _sine(440, 2.0)
@@ -133,6 +167,26 @@ def test_starvation_fades_out_then_silence_and_a_new_segment_fades_in() -> None:
     again = m.read(SR // 2)
     assert abs(float(again[0, 0])) < 0.01
     assert worst_jump_ratio(np.concatenate([out[-SR // 10 :], again]), SR // 10) < 1.2
+
+
+@pytest.mark.parametrize("fade_frames", [XF, 0])
+def test_the_end_of_the_session_is_not_a_starvation(fade_frames: int) -> None:
+    """Between the session's close and the feeder's finish the feeder reads on as if live (a busy
+    machine may run it there): the close's fade, then silence, is the end of the music, not the
+    music running dry (no starvation counted or logged)."""
+    m = Mixer(SR, 2, crossfade_s=0.5)
+    a = _sine(440, 4.0)
+    m.append(a, 2 * XF)
+    heard = m.read(SR)
+    m.close(fade_frames=fade_frames)
+    rest = np.concatenate([m.read(512) for _ in range(300)])  # the feeder's blocks, starving allowed
+    assert m.stats.starvations == 0 and m.stats.starved_frames == 0
+    loud = np.nonzero(np.abs(rest).max(axis=1) > 1e-4)[0]
+    ends = loud[-1] + 1
+    # The fade plays from where the close came (or the body to its end), faded out, then silence.
+    assert abs(ends - (fade_frames or a.shape[0] - 2 * XF + XF - SR)) < 64, ends  # (its last frames ~0)
+    assert np.abs(rest[ends - 50 : ends]).max() < 0.01 and not rest[ends + 64 :].any()
+    assert worst_jump_ratio(np.concatenate([heard, rest]), SR) < 1.2
 
 
 def test_rejects_bad_segments_and_cleans_nan() -> None:

@@ -5,6 +5,7 @@ tested in test_serve_ray.py."""
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -86,7 +87,7 @@ def test_codecs_round_trip(fmt: str) -> None:
 
 
 def test_each_player_hears_their_own_scene(host: PlayerHost, tmp_path: Path) -> None:
-    sim = players(host, ("alice", "desert"), ("bob", "nether"))
+    sim = players(host, ("alice", "ocean"), ("bob", "cave"))
     try:
         wait_for(lambda: set(host.players()) == {"alice", "bob"})
         clients = [
@@ -96,7 +97,7 @@ def test_each_player_hears_their_own_scene(host: PlayerHost, tmp_path: Path) -> 
         run(clients)
     finally:
         sim.stop()
-    own = {"alice": {"desert"}, "bob": {"nether_wastes"}}
+    own = {"alice": {"ocean"}, "bob": {"mountains"}}
     descriptions = {}
     for c in clients:
         st = c.stats
@@ -114,7 +115,7 @@ def test_each_player_hears_their_own_scene(host: PlayerHost, tmp_path: Path) -> 
         assert not [r for r in quiet if r[1] > 0.5], quiet
     assert descriptions["alice"] != descriptions["bob"]
     # The audio itself is each player's music: its pitch classes fit the key its own descriptions
-    # name better than the other player's key.
+    # name (A major, F minor: keys far apart) clearly better than the other player's key.
     keys = {p: {serve_helpers.described_key(d) for d in ds} for p, ds in descriptions.items()}
     assert all(len(k) == 1 and None not in k for k in keys.values()) and keys["alice"] != keys["bob"], keys
     for me, other in (("alice", "bob"), ("bob", "alice")):
@@ -122,7 +123,7 @@ def test_each_player_hears_their_own_scene(host: PlayerHost, tmp_path: Path) -> 
         got = serve_helpers.chroma(audio[32000:])
         mine = serve_helpers.similarity(got, serve_helpers.key_profile(next(iter(keys[me]))))
         theirs = serve_helpers.similarity(got, serve_helpers.key_profile(next(iter(keys[other]))))
-        assert mine > theirs + 0.1, (me, mine, theirs)
+        assert mine > theirs + 0.3, (me, mine, theirs)
     status = host.status()
     assert {p.player for p in status.players} == {"alice", "bob"}
     assert all(p.segments >= 3 and p.deadline_misses == 0 for p in status.players)
@@ -186,3 +187,66 @@ def test_a_player_who_leaves_is_forgotten_and_their_stream_ends(host: PlayerHost
                          duration=1.0).run()  # fmt: skip
     finally:
         sim.stop()
+
+
+def test_a_session_that_fails_at_once_every_time_is_replaced_at_most_every_few_seconds(
+    host: PlayerHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A defect that ends every session as it starts: the player is not replaced in a loop (one
+    new session per watcher poll would be dozens a second, each logging a traceback)."""
+    from metabgm_edge import scheduler
+    from metabgm_edge.serve.host import RESTART_AFTER_S
+
+    def broken(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a defect in every session")
+
+    monkeypatch.setattr(scheduler.Session, "run", broken)
+    caplog.set_level(logging.WARNING, logger="metabgm_edge.serve.host")
+    sim = players(host, ("hugo", "forest"))
+    try:
+        wait_for(lambda: host.players() == ["hugo"])
+        began = time.monotonic()
+        time.sleep(2.5 * RESTART_AFTER_S)
+        watched = time.monotonic() - began
+        status = {p.player: p for p in host.status().players}["hugo"]
+    finally:
+        sim.stop()
+    restarts = status.fallbacks.get("session.restarted", 0)
+    assert 1 <= restarts <= watched / RESTART_AFTER_S + 1, (restarts, watched)
+    ended = [r for r in caplog.records if "the session ended by itself" in r.getMessage()]
+    assert len(ended) == restarts and "a defect in every session" in ended[0].getMessage()
+
+
+def test_a_session_that_fails_is_replaced_and_the_player_keeps_the_music(
+    host: PlayerHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metabgm_edge import scheduler
+
+    real = scheduler.Session._process
+    failed: list[int] = []
+
+    def process_once_broken(self, seg, now):  # type: ignore[no-untyped-def]
+        if seg.index == 2 and not failed:  # the first session's third segment: a defect
+            failed.append(seg.index)
+            raise RuntimeError("a defect in the session")
+        return real(self, seg, now)
+
+    monkeypatch.setattr(scheduler.Session, "_process", process_once_broken)
+    sim = players(host, ("gina", "ocean"))
+    try:
+        wait_for(lambda: host.players() == ["gina"])
+        c = client(host, "gina", tmp_path, duration=16.0, fmt="pcm16")
+        run([c])
+        status = {p.player: p for p in host.status().players}["gina"]
+    finally:
+        sim.stop()
+    assert failed == [2]
+    assert status.fallbacks.get("session.restarted") == 1, status
+    st = c.stats
+    assert st.connections == 1 and st.seconds >= 15.9  # the same connection all along
+    # Music after the failure: segments of the new session were heard on the same stream, in order.
+    at = [h.at for h in st.segments]
+    assert at == sorted(at) and at[-1] > 10.0, st.segments
+    audio, _ = read_wav(c.out)
+    quiet = [r for r in serve_helpers.silent_runs(audio) if r[0] > 0.5]
+    assert sum(length for _, length in quiet) < 4.0, quiet  # the new session's first segment: a short gap

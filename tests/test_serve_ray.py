@@ -17,6 +17,7 @@ before it says it is serving). Ray is not imported into the test process itself.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import signal
@@ -45,7 +46,7 @@ LINE = re.compile(
 JOINED = re.compile(r"^player (\S+) joined: metabgm-edge listen (\S+) --token (\S+)$")
 BACKENDS = re.compile(r"text .*?: (?P<text>\d+) calls \((?P<text_b>\d+) batched\).*; audio .*?: "
                       r"(?P<audio>\d+) calls \((?P<audio_b>\d+) batched\)")  # fmt: skip
-BIOMES = {"alice": "desert", "bob": "nether_wastes", "carol": "snowy"}
+BIOMES = {"alice": "ocean", "bob": "mountains", "carol": "forest"}
 INTERVAL = 4.0
 LISTEN_S = 26.0
 SR = 32000
@@ -57,10 +58,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return int(s.getsockname()[1])
 
 
-def replicas(name: str) -> list[psutil.Process]:
+def replicas(name: str, root: int) -> list[psutil.Process]:
+    """The test's own replicas named ``name``: processes under ``root`` (another Ray Serve on the
+    machine has replicas of the same name)."""
     out = []
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(p.info["cmdline"] or [])
+    for p in psutil.Process(root).children(recursive=True):
+        try:
+            cmd = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
         if f"ServeReplica:metabgm:{name}" in cmd:
             out.append(p)
     return out
@@ -113,8 +119,8 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
     family: list[psutil.Process] = []
     sim = SimPlayers(
         f"udp://127.0.0.1:{udp}",
-        [SimPlayer("alice", "desert"), SimPlayer("bob", "nether", seed=1), SimPlayer("carol", "snow", seed=2),
-         SimPlayer("erin", "forest", seed=3)],
+        [SimPlayer("alice", "ocean"), SimPlayer("bob", "cave", seed=1), SimPlayer("carol", "forest", seed=2),
+         SimPlayer("erin", "desert", seed=3)],
     )  # fmt: skip
     proxy = None
     listeners: list[tuple[str, subprocess.Popen[str], Reader]] = []
@@ -150,14 +156,14 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
             capture_output=True, text=True, env=env, timeout=60,
         )  # fmt: skip
         t0 = time.monotonic()
-        [audio_replica] = replicas("Audio")
+        [audio_replica] = replicas("Audio", server.pid)
         time.sleep(max(0.0, 8.0 - (time.monotonic() - t0)))
         proxy.cut()
         time.sleep(2.0)
         audio_replica.send_signal(signal.SIGKILL)  # Ray must start another one
         for _, proc, _ in listeners:
             proc.wait(timeout=LISTEN_S + 60)
-        restarted = [p.pid for p in replicas("Audio")]
+        restarted = [p.pid for p in replicas("Audio", server.pid)]
     finally:
         sim.stop()
         if proxy is not None:
@@ -191,6 +197,7 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
     assert restarted and audio_replica.pid not in restarted, "Ray did not start a new Audio replica"
     fallbacks_seen: list[str] = []
     descriptions: dict[str, list[str]] = {}
+    segments: dict[str, list[tuple[float, bool]]] = {}
     for player, proc, reader in listeners:
         text = "\n".join(reader.lines)
         assert proc.returncode == 0, text[-2000:]
@@ -203,6 +210,7 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
         assert starts[0] < 1.5 and all(0 < g <= 2 * INTERVAL + 1 for g in gaps), text
         fallbacks_seen += [fb for h in heard if h["fb"] for fb in h["fb"].split(", ")]
         descriptions[player] = [h["description"] for h in heard]
+        segments[player] = [(float(h["at"]), bool(h["fb"])) for h in heard]
         audio, info = read_wav(tmp_path / f"{player}.wav")
         assert info.sample_rate == SR and audio.shape[0] >= (LISTEN_S - 0.1) * SR
         quiet = [r for r in serve_helpers.silent_runs(audio) if r[0] > 0.5]
@@ -212,17 +220,22 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
         else:  # the killed replica is heard as the fallback (the previous music extended), not silence
             assert not [r for r in quiet if r[1] > 0.5], (player, quiet)
     assert {"audio.error", "audio.deadline"} & set(fallbacks_seen), (fallbacks_seen, log[-3000:])
-    # The audio itself is each player's music: its pitch classes fit the key its own descriptions name
-    # better than the key of every other player's (C minor and G minor are close: a 0.05 margin).
+    # The audio itself is each player's music: the pitch classes of what was rendered for their
+    # segments fit the key its own descriptions name (A major, F minor, G major: keys far apart)
+    # clearly better than every other player's key. (Not the fallback: after the replica's kill the
+    # music is extended from its last bar for a few segments, often one chord held, which fits its
+    # neighbour keys as well as its own: a CI run heard carol's G major hold on C major for 15 s.)
     keys = {p: {serve_helpers.described_key(d) for d in ds} for p, ds in descriptions.items()}
     assert all(len(k) == 1 and None not in k for k in keys.values()), keys
     assert len({next(iter(k)) for k in keys.values()}) == 3, keys
     for me in keys:
         audio, _ = read_wav(tmp_path / f"{me}.wav")
-        got = serve_helpers.chroma(audio[SR:])
+        music = serve_helpers.rendered(audio, segments[me])
+        assert music.shape[0] >= INTERVAL * SR, (me, segments[me])
+        got = serve_helpers.chroma(music)
         profiles = {p: serve_helpers.key_profile(next(iter(k))) for p, k in keys.items()}
         fit = {p: serve_helpers.similarity(got, profile) for p, profile in profiles.items()}
-        assert all(fit[me] > fit[p] + 0.05 for p in fit if p != me), (me, fit)
+        assert all(fit[me] > fit[p] + 0.3 for p in fit if p != me), (me, fit)
 
     # The operator: the shared deployments batched several players' requests into one call.
     calls = [m.groupdict() for line in out.lines if (m := BACKENDS.search(line))]
@@ -233,3 +246,29 @@ def test_serve_many_players_on_ray(tmp_path: Path) -> None:
     status = [line for line in out.lines if line.startswith("-- 3 players")]
     assert status and ", 1 left" in status[-1], log[-3000:]
     assert "deadline misses" in log and any(line.lstrip().startswith("alice ") for line in out.lines)
+
+
+def test_bench_serve_reports_every_players_run_as_json(tmp_path: Path) -> None:
+    """``bench serve`` as an operator runs it: it starts Ray, serve, simulated players and listen
+    clients itself; stdout is the JSON result alone (progress goes to stderr), and each player's
+    zombie attack is heard as combat music within the segment it happens in (a sharp change cuts
+    in: it does not wait for the next window)."""
+    interval = 8.0
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+    done = subprocess.run(
+        [str(BIN), "bench", "serve", "--players", "2", "--duration", "24", "--interval", str(interval),
+         "--format", "pcm16", "--json", "--out", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, env=env, timeout=400,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)  # nothing but the JSON on stdout
+    assert json.loads((tmp_path / "bench.json").read_text()) == result
+    assert "started a local Ray" in done.stderr
+    [run] = result["rounds"]
+    assert run["players"] == 2 and run["batching"] is True and len(run["per_player"]) == 2
+    assert run["continuous"] and run["deadline_misses"] == 0, run
+    assert run["text_calls"] > 0 and run["audio_calls"] > 0
+    for p in run["per_player"]:
+        assert p["segments"] >= 3 and p["silence_s"] == 0, p
+        assert p["change_latency_s"] is not None and 0 < p["change_latency_s"] < interval, p
+    assert result["max_players_without_miss"] == {"on": 2}

@@ -1,20 +1,37 @@
 #!/usr/bin/env node
 'use strict'
-// metabgm-edge's Minecraft connector: a proxy that the player's own Minecraft client joins through.
+// metabgm-edge's Minecraft connector: a proxy that the players' own Minecraft clients join through.
 //
 //   node connector.js --server HOST:PORT [--listen 127.0.0.1:25566] [--version auto]
-//                     [--rate 5] [--hostile-radius 32] [--attack-window 10] [--parent-pipe]
+//                     [--rate 5] [--hostile-radius 32] [--attack-window 10]
+//                     [--max-players 64] [--forget 60] [--parent-pipe]
 //
-// The player adds LISTEN as a server in Minecraft and joins it; the connector joins SERVER with
-// the player's name and passes every packet through unchanged, both ways. From those packets it
-// reads the player's state and writes it to stdout as metabgm-edge's live-state protocol, one JSON
-// object per line, RATE times a second while the player is in the world and at once when something
-// that changes the music happens (see player-state.js). Nothing is written while no player is in.
+// Every player adds LISTEN as a server in Minecraft and joins it; for each one the connector joins
+// SERVER with that player's name (one upstream connection per player) and passes every packet
+// through unchanged, both ways. From those packets it reads each player's state and writes it to
+// stdout as metabgm-edge's live-state protocol, one JSON object per line tagged with
+// "player": the player's id, RATE times a second while that player is in the world and at once
+// when something that changes their music happens (see player-state.js). Nothing is written for a
+// player who is not in the world.
+//
+// The player id is the Minecraft username when it fits the protocol's ids (1-64 of A-Z a-z 0-9
+// _ . -, which every name Mojang hands out does); an offline-mode server may let any string in,
+// and such a name is mapped to one that fits: the characters that do not fit become "_" and a
+// short hash of the name follows ("Név Ü" -> "N_v__-aea9b0"), so two names never share an id.
+// The "player_joined" event names both.
+//
+// At most MAX_PLAYERS players at once: one more is refused with a message in the game. A player
+// who left keeps their place for FORGET seconds (metabgm-edge keeps their music that long, for a
+// reconnect). A player who joins again under a name that is still connected (a reconnect before
+// the old connection timed out) replaces the old connection, as a vanilla server does: the old
+// one is ended ("you joined again from another connection"), the new one starts afresh, and no
+// other player's session is touched.
 //
 // stderr carries one JSON object per line for events ({"event": "listening", ...},
-// "waiting_for_server", "player_joined", "session_started", "session_ended", "refused", "fatal")
-// and plain text for anything else. With --parent-pipe the connector exits when stdin closes, so
-// it never outlives the metabgm-edge process that started it.
+// "waiting_for_server", "player_joined", "session_started", "session_ended", "refused", "fatal";
+// the per-player ones carry "username" and "player") and plain text for anything else. With
+// --parent-pipe the connector exits when stdin closes, so it never outlives the metabgm-edge
+// process that started it.
 //
 // What works: offline-mode servers (online-mode=false), Minecraft 1.16 to 1.20.1 (tested against
 // flying-squid on 1.16.5 and 1.18.2). What does not: online-mode servers (the proxy cannot log in
@@ -23,7 +40,7 @@
 
 const mc = require('minecraft-protocol')
 const minecraftData = require('minecraft-data')
-const { PlayerState, packetNames, readVarInt, signature } = require('./player-state')
+const { PlayerState, packetNames, playerId, readVarInt, signature } = require('./player-state')
 
 const SERVER_PACKETS = new Set([
   'login', 'respawn', 'update_health', 'entity_update_attributes', 'position', 'update_time',
@@ -44,6 +61,8 @@ function parseArgs (argv) {
     rate: 5,
     hostileRadius: 32,
     attackWindow: 10,
+    maxPlayers: 64,
+    forget: 60,
     parentPipe: false
   }
   for (let i = 0; i < argv.length; i++) {
@@ -58,6 +77,8 @@ function parseArgs (argv) {
     else if (a === '--rate') opts.rate = Number(next())
     else if (a === '--hostile-radius') opts.hostileRadius = Number(next())
     else if (a === '--attack-window') opts.attackWindow = Number(next())
+    else if (a === '--max-players') opts.maxPlayers = Number(next())
+    else if (a === '--forget') opts.forget = Number(next())
     else if (a === '--parent-pipe') opts.parentPipe = true
     else if (a === '-h' || a === '--help') usage(null)
     else usage(`unknown argument ${a}`)
@@ -66,6 +87,10 @@ function parseArgs (argv) {
   if (!(opts.rate > 0 && opts.rate <= 50)) usage('--rate must be between 0 and 50 messages a second')
   if (!(opts.hostileRadius > 0 && opts.hostileRadius <= 256)) usage('--hostile-radius must be in (0, 256] blocks')
   if (!(opts.attackWindow > 0 && opts.attackWindow <= 600)) usage('--attack-window must be in (0, 600] seconds')
+  if (!(Number.isInteger(opts.maxPlayers) && opts.maxPlayers >= 1 && opts.maxPlayers <= 4096)) {
+    usage('--max-players must be a whole number from 1 to 4096')
+  }
+  if (!(opts.forget >= 0 && opts.forget <= 86400)) usage('--forget must be in [0, 86400] seconds')
   opts.serverHost = hostPort(opts.server, 25565)
   opts.listenHost = hostPort(opts.listen, 25566)
   return opts
@@ -81,7 +106,8 @@ function hostPort (text, defaultPort) {
 
 function usage (error) {
   const text = 'usage: node connector.js --server HOST:PORT [--listen HOST:PORT] [--version auto|1.16.5] ' +
-    '[--rate HZ] [--hostile-radius BLOCKS] [--attack-window SECONDS] [--parent-pipe]'
+    '[--rate HZ] [--hostile-radius BLOCKS] [--attack-window SECONDS] [--max-players N] [--forget SECONDS] ' +
+    '[--parent-pipe]'
   if (error) {
     event('fatal', { error: `${error}; ${text}` })
     process.exit(2)
@@ -158,13 +184,14 @@ function parseWith (conn) {
 function main () {
   const opts = parseArgs(process.argv.slice(2))
   let shuttingDown = false
-  let session = null
+  const sessions = new Map() // player id -> its Session (one per player in the game)
+  const left = new Map() // player id -> when its last session ended (its place is kept for --forget s)
   let server = null
 
   const shutdown = (code = 0) => {
     if (shuttingDown) return
     shuttingDown = true
-    if (session) session.close('metabgm-edge stopped its Minecraft connector')
+    for (const session of [...sessions.values()]) session.close('metabgm-edge stopped its Minecraft connector')
     setTimeout(() => process.exit(code), 200).unref()
     if (server) server.close()
   }
@@ -196,10 +223,13 @@ function main () {
       version,
       keepAlive: false,
       hideErrors: true,
-      maxPlayers: 1,
+      maxPlayers: opts.maxPlayers,
       motd: `metabgm-edge -> ${opts.server}`,
       errorHandler: (client, err) => {
-        event('player_error', { error: String(err.message || err) })
+        event('player_error', {
+          ...(client.username ? { username: client.username, player: playerId(client.username) } : {}),
+          error: String(err.message || err)
+        })
         client.end('metabgm-edge: ' + String(err.message || err))
       }
     })
@@ -212,30 +242,60 @@ function main () {
       event('listening', { listen: `${addr.address}:${addr.port}`, port: addr.port, server: opts.server, version })
     })
     server.on('login', (client) => {
-      if (session) {
-        client.end('metabgm-edge: another player is already connected through this connector')
+      if (shuttingDown) {
+        client.end('metabgm-edge: the connector is stopping')
         return
       }
-      session = new Session(client, { opts, version, registry, names, onEnd: () => { session = null } })
+      const username = client.username
+      const player = playerId(username)
+      const now = Date.now() / 1000
+      for (const [id, at] of left) if (now - at > opts.forget || sessions.has(id)) left.delete(id)
+      const old = sessions.get(player)
+      if (old) {
+        // The same player again (a reconnect before the old connection timed out): the new
+        // connection replaces the old one, as a vanilla server does.
+        old.close('metabgm-edge: you joined again from another connection', 'replaced')
+      } else if (!left.has(player) && sessions.size + left.size >= opts.maxPlayers) {
+        const message = `metabgm-edge: this server's music is full (${opts.maxPlayers} players at once); ` +
+          'try again later, or ask the operator to raise max_players'
+        event('refused', { username, player, by: 'full', message })
+        client.end(message)
+        return
+      }
+      left.delete(player)
+      const session = new Session(client, {
+        opts,
+        version,
+        registry,
+        names,
+        player,
+        onEnd: () => {
+          if (sessions.get(player) !== session) return // replaced: the new session is not touched
+          sessions.delete(player)
+          if (session.started) left.set(player, Date.now() / 1000) // keeps its place for --forget s
+        }
+      })
+      sessions.set(player, session)
     })
 
-    // The steady stream, plus an early message when something that changes the music happens.
+    // Per player: the steady stream, plus an early message when something that changes the music happens.
     const period = 1 / opts.rate
-    let lastSent = 0
-    let lastSig = null
     setInterval(() => {
-      if (!session || !session.playing) return
       const now = Date.now() / 1000
-      const due = now - lastSent >= period - 0.01
-      if (!due && !session.state.changed) return
-      session.state.changed = false
-      const msg = session.state.message()
-      if (!msg) return
-      const sig = signature(msg)
-      if (!due && sig === lastSig) return
-      process.stdout.write(JSON.stringify(msg) + '\n')
-      lastSent = now
-      lastSig = sig
+      for (const session of sessions.values()) {
+        if (!session.playing) continue
+        const due = now - session.lastSent >= period - 0.01
+        if (!due && !session.state.changed) continue
+        session.state.changed = false
+        const msg = session.state.message()
+        if (!msg) continue
+        const sig = signature(msg)
+        if (!due && sig === session.lastSig) continue
+        msg.player = session.player
+        process.stdout.write(JSON.stringify(msg) + '\n')
+        session.lastSent = now
+        session.lastSig = sig
+      }
     }, 50)
   }
 
@@ -245,13 +305,19 @@ function main () {
   })
 }
 
+// One player's session: their client, their own upstream connection, their own PlayerState and
+// send timer (lastSent, lastSig).
 class Session {
-  constructor (client, { opts, version, registry, names, onEnd }) {
+  constructor (client, { opts, version, registry, names, player, onEnd }) {
     this.client = client
+    this.player = player
     this.names = names
     this.onEnd = onEnd
     this.playing = false
+    this.started = false
     this.ended = false
+    this.lastSent = 0
+    this.lastSig = null
     this.pending = []
     this.parseErrors = new Set()
     this.state = new PlayerState(registry, {
@@ -260,7 +326,9 @@ class Session {
       username: client.username
     })
     this.state.onError = (err) => this._parseError('state', err)
-    event('player_joined', { username: client.username, from: client.socket.remoteAddress })
+    const who = { username: client.username, player }
+    this.who = who
+    event('player_joined', { ...who, from: client.socket.remoteAddress })
 
     const parseFromPlayer = parseWith(client)
     tapPlay(client, (raw) => this._fromPlayer(raw, parseFromPlayer))
@@ -280,9 +348,10 @@ class Session {
       const parseFromServer = parseWith(up)
       tapPlay(up, (raw) => this._fromServer(raw, parseFromServer))
       this.playing = true
+      this.started = true
       for (const raw of this.pending) up.writeRaw(raw)
       this.pending = []
-      event('session_started', { username: client.username, server: opts.server, version })
+      event('session_started', { ...who, server: opts.server, version })
     })
     up.once('encryption_begin', () => {
       this.close(`metabgm-edge cannot join ${opts.server}: it is an online-mode server, and the connector ` +
@@ -334,7 +403,9 @@ class Session {
   _parseError (name, err) {
     if (this.parseErrors.has(name)) return // once per packet kind: the packet still went through
     this.parseErrors.add(name)
-    event('parse_error', { packet: name, error: String(err && err.message ? err.message : err).slice(0, 300) })
+    event('parse_error', {
+      ...this.who, packet: name, error: String(err && err.message ? err.message : err).slice(0, 300)
+    })
   }
 
   close (kickReason, by = 'connector', serverReason = undefined) {
@@ -348,7 +419,7 @@ class Session {
     }
     if (!this.up.ended) this.up.end('metabgm-edge: the player left')
     event(by === 'online_mode' || by === 'refused' ? 'refused' : 'session_ended', {
-      username: this.client.username,
+      ...this.who,
       by,
       ...(serverReason !== undefined ? { reason: String(serverReason).slice(0, 300) } : {}),
       ...(kickReason ? { message: kickReason } : {})

@@ -7,6 +7,7 @@
 // It keeps the chunks around the player as raw packets and parses them only when a block or a
 // biome there is asked for.
 
+const crypto = require('crypto')
 const { Vec3 } = require('vec3')
 const nbt = require('prismarine-nbt')
 
@@ -752,4 +753,20 @@ function signature (msg) {
   ])
 }
 
-module.exports = { PlayerState, ChunkStore, packetNames, readVarInt, signature, classifyDimension, toNumber }
+// The protocol's player ids (metabgm_edge/state.py PLAYER_ID): they name the player's audio stream.
+const PLAYER_ID = /^[A-Za-z0-9_.-]{1,64}$/
+
+// A Minecraft username as a player id: itself when it fits, else the characters that do not fit
+// replaced by "_" and 6 hex digits of the name's SHA-256 appended, so that two names that differ
+// only in those characters (or a name that already looks like a mapped one) keep apart.
+function playerId (username) {
+  const name = String(username ?? '')
+  if (PLAYER_ID.test(name)) return name
+  const hash = crypto.createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 6)
+  const kept = Array.from(name).map(c => /^[A-Za-z0-9_.-]$/.test(c) ? c : '_').join('').slice(0, 48)
+  return `${kept || 'player'}-${hash}`
+}
+
+module.exports = {
+  PlayerState, ChunkStore, packetNames, readVarInt, signature, classifyDimension, toNumber, playerId, PLAYER_ID
+}

@@ -3,9 +3,10 @@
 // The player's own Minecraft client, played by a mineflayer bot, for metabgm-edge's tests.
 //
 //   node test-player.js --port PORT [--host 127.0.0.1] [--username player] [--version 1.16.5]
+//                       [--rejoin 1]
 //
 // It joins HOST:PORT (the connector's proxy) and, like a player pressing "Reconnect", joins again
-// a second after it is disconnected. stdout: one JSON event per line ("spawned", "kicked", "end",
+// REJOIN seconds after it is disconnected (never with --rejoin 0). stdout: one JSON event per line ("spawned", "kicked", "end",
 // "error") and one reply per command. stdin: one JSON command per line, {"id":1,"cmd":...}:
 //   controls {forward, back, left, right, jump, sprint, sneak}   hold (true) or release keys
 //   stop {}                                                      release every key
@@ -38,6 +39,7 @@ function out (obj) {
   writeOut(JSON.stringify(obj) + '\n')
 }
 
+const rejoin = Number(arg('rejoin', '1'))
 let bot = null
 let stopping = false
 
@@ -50,7 +52,7 @@ function join () {
   current.on('error', (err) => out({ event: 'error', error: String(err && err.message) }))
   current.once('end', (reason) => {
     out({ event: 'end', reason: String(reason) })
-    if (bot === current) setTimeout(join, 1000)
+    if (bot === current && rejoin > 0) setTimeout(join, rejoin * 1000)
   })
 }
 

@@ -8,6 +8,8 @@
 //   {"event":"player_joined","username":...}, {"event":"player_left",...}, and one reply per
 //   command: {"id":..., "ok":true, ...} or {"id":..., "ok":false, "error":"..."}.
 // stdin: one JSON command per line, {"id": 1, "cmd": NAME, ...}; the server exits when stdin closes.
+// A command about "the player" acts on the one named by "username" when it is given, else on the
+// first player who joined.
 //   time {ticks}                  set the time of day (the daylight cycle is stopped)
 //   rain {on}, thunder {on}       raw game_state_change packets (flying-squid's /weather is inverted)
 //   spawn_mob {name, dx, dy, dz}  a mob at the player's position + (dx, dy, dz)
@@ -20,7 +22,8 @@
 //   fire {on}                     the player's on-fire flag (entity_metadata)
 //   world {name}                  "nether" or "overworld"
 //   player {}                     the player's position, health and world
-//   kick {}                       disconnect every player
+//   kick {username}               disconnect that player (every player when no username is given)
+//   players {}                    the usernames of the players on the server
 //
 // The world is flat (grass at y=4, players stand at y=5) with biomes by x: forest for
 // -256 <= x < 256, desert for x >= 256, snowy_tundra for x < -256. Near the spawn: a water pool
@@ -67,7 +70,7 @@ const serv = mcServer.createMCServer({
   logging: false,
   gameMode: 0,
   difficulty: 1,
-  'max-players': 4,
+  'max-players': 8,
   'view-distance': 3,
   'everybody-op': true,
   'max-entities': 100,
@@ -85,11 +88,44 @@ serv.on('login', (player) => {
   player.on('disconnected', () => out({ event: 'player_left', username: player.username }))
 })
 
+// flying-squid ends a login (and a world change) at the client's first 'flying' or 'look' packet,
+// and a login then sends the login position again, undoing any teleport made before. A vanilla
+// client sends such packets all the time; mineflayer only when its on-ground flag or its view
+// changes: maybe never (a world change that never answers), maybe at any later moment (a
+// teleport undone seconds after it was made). Here the wait ends at the client's first movement
+// packet of any kind, or after a second, so every login ends soon after spawning. Moves wait for
+// it (and a little more, for the login position to arrive).
+serv.on('newPlayer', (player) => {
+  let loggedIn
+  player.loginDone = new Promise((resolve) => { loggedIn = resolve })
+  let first = true
+  player.waitPlayerLogin = () => {
+    const moved = new Promise((resolve) => {
+      const events = ['flying', 'look', 'position', 'position_look']
+      const done = () => {
+        clearTimeout(timer)
+        for (const e of events) player._client.removeListener(e, done)
+        resolve()
+      }
+      const timer = setTimeout(done, 1000)
+      for (const e of events) player._client.on(e, done)
+    })
+    if (first) moved.then(() => setTimeout(loggedIn, 250))
+    first = false
+    return moved
+  }
+})
+
+async function settled (player) {
+  if (player.loginDone) await player.loginDone
+  return player
+}
+
 const mobs = new Map()
 
-function thePlayer () {
-  const player = serv.players[0]
-  if (!player) throw new Error('no player is connected')
+function thePlayer (username) {
+  const player = username === undefined ? serv.players[0] : serv.players.find(p => p.username === username)
+  if (!player) throw new Error(username === undefined ? 'no player is connected' : `${username} is not connected`)
   return player
 }
 
@@ -109,8 +145,8 @@ const commands = {
     serv._writeAll('game_state_change', { reason: 8, gameMode: on ? 1 : 0 })
     return {}
   },
-  spawn_mob ({ name, dx = 3, dy = 0, dz = 0 }) {
-    const player = thePlayer()
+  spawn_mob ({ name, dx = 3, dy = 0, dz = 0, username }) {
+    const player = thePlayer(username)
     const entity = serv.registry.entitiesByName[name]
     if (!entity) throw new Error('unknown mob ' + name)
     const mob = serv.spawnMob(entity.id, player.world, player.position.offset(dx, dy, dz))
@@ -124,27 +160,27 @@ const commands = {
     mobs.delete(entity)
     return {}
   },
-  damage ({ amount = 4, status = null }) {
-    const player = thePlayer()
+  damage ({ amount = 4, status = null, username }) {
+    const player = thePlayer(username)
     // A vanilla server tells the victim how it was hurt (entity_status 2 hurt, 37 burning, ...)
     // just before the health drop; flying-squid sends no such event by itself.
     if (status !== null) player._client.write('entity_status', { entityId: player.id, entityStatus: status })
     player.updateHealth(Math.max(0, player.health - amount))
     return { health: player.health }
   },
-  heal () {
-    const player = thePlayer()
+  heal ({ username }) {
+    const player = thePlayer(username)
     player.updateHealth(20)
     return { health: player.health }
   },
-  food ({ food, saturation = 0 }) {
-    const player = thePlayer()
+  food ({ food, saturation = 0, username }) {
+    const player = thePlayer(username)
     player.foodSaturation = saturation
     player.updateFood(food)
     return { food: player.food }
   },
-  async teleport ({ x, y, z }) {
-    const player = thePlayer()
+  async teleport ({ x, y, z, username }) {
+    const player = await settled(thePlayer(username))
     await player.teleport(new Vec3(x, y, z))
     // flying-squid sends chunks only when a player walks more than 16 blocks; a vanilla server
     // sends them on a teleport too. Send the player's own column first, then the rest.
@@ -156,30 +192,30 @@ const commands = {
     await player.worldSendRestOfChunks()
     return { position: player.position }
   },
-  async set_block ({ x, y, z, name }) {
-    const player = thePlayer()
+  async set_block ({ x, y, z, name, username }) {
+    const player = thePlayer(username)
     const block = serv.registry.blocksByName[name]
     if (!block) throw new Error('unknown block ' + name)
     await serv.setBlock(player.world, new Vec3(x, y, z), block.defaultState ?? block.minStateId)
     return {}
   },
-  fire ({ on }) {
-    const player = thePlayer()
+  fire ({ on, username }) {
+    const player = thePlayer(username)
     player._client.write('entity_metadata', {
       entityId: player.id,
       metadata: [{ key: 0, type: 0, value: on ? 0x01 : 0 }]
     })
     return {}
   },
-  async world ({ name }) {
-    const player = thePlayer()
+  async world ({ name, username }) {
+    const player = await settled(thePlayer(username))
     if (name === 'nether') await player.changeWorld(serv.netherworld, { dimension: -1 })
     else if (name === 'overworld') await player.changeWorld(serv.overworld, { dimension: 0 })
     else throw new Error('world must be nether or overworld')
     return { position: player.position }
   },
-  player () {
-    const player = thePlayer()
+  player ({ username }) {
+    const player = thePlayer(username)
     return {
       position: player.position,
       health: player.health,
@@ -187,9 +223,14 @@ const commands = {
       world: player.world === serv.netherworld ? 'nether' : 'overworld'
     }
   },
-  kick () {
-    for (const player of [...serv.players]) player.kick('kicked by the test')
+  kick ({ username }) {
+    for (const player of [...serv.players]) {
+      if (username === undefined || player.username === username) player.kick('kicked by the test')
+    }
     return {}
+  },
+  players () {
+    return { usernames: serv.players.map(p => p.username) }
   }
 }
 

@@ -251,18 +251,40 @@ def provider_list(name: str, extra: Mapping[str, Mapping[str, Any]] | None = Non
     return out
 
 
-def session_options(
-    threads: int | None = None, *, log_level: int = 3, spin: bool = False
-) -> ort.SessionOptions:
-    """All graph optimizations, quiet logs, ``threads`` intra-op threads (None: onnxruntime's).
+SPIN_ENV: Final = "METABGM_EDGE_ORT_SPIN"
+SPIN_POLICIES: Final = ("run", "always", "never")
 
-    The intra-op threads do not spin between runs unless ``spin``: the game runs on the same
-    cores, and on a busy 2-core machine spinning threads halved the LLM's decode rate (measured).
+
+def spin_policy() -> str:
+    """How intra-op threads wait for work: $METABGM_EDGE_ORT_SPIN, else ``run``.
+
+    ``run``: they spin while a run is in progress (between its kernels: a decode step is some 340
+    kernels of a few microseconds each, and waking sleeping threads for each cost about a third
+    of the LLM's decode rate) and stop at once when it returns, so nothing spins while Python
+    samples a token, while another model runs, or between segments. ``always``: onnxruntime's
+    own default (they also spin for a while after a run). ``never``: they always sleep, which is
+    faster only when every core is busy with something else (a 2-core machine running the game).
     """
+    value = os.environ.get(SPIN_ENV, "run").strip().lower() or "run"
+    if value not in SPIN_POLICIES:
+        raise BundleError(f"{SPIN_ENV}={value!r} must be one of {', '.join(SPIN_POLICIES)}")
+    return value
+
+
+def session_options(
+    threads: int | None = None, *, log_level: int = 3, spin: str | None = None
+) -> ort.SessionOptions:
+    """All graph optimizations, quiet logs, ``threads`` intra-op threads (None: onnxruntime's),
+    and the threads' spin policy (None: :func:`spin_policy`)."""
+    policy = spin_policy() if spin is None else spin
+    if policy not in SPIN_POLICIES:
+        raise ValueError(f"spin must be one of {SPIN_POLICIES}, got {policy!r}")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = log_level
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0" if policy == "never" else "1")
+    if policy == "run":
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         options.intra_op_num_threads = threads
     return options
@@ -386,6 +408,7 @@ def open_graph(
         raise BundleError(f"{folder / 'manifest.json'} has no graph {graph!r}; re-export the bundle")
     if manifest.target != "cpu":
         _warn_packaging_once()
+    spin_policy()  # a bad $METABGM_EDGE_ORT_SPIN is said as itself, not as a session that failed
     engine = manifest.engine_for(graph, "tensorrt")
     available = ort.get_available_providers()
     extra = provider_options or {}

@@ -97,6 +97,8 @@ class Mixer:
         self.crossfade_frames = max(1, round(crossfade_s * sample_rate))
         self.stats = MixerStats()
         self._lock = threading.Lock()
+        self._free = threading.Condition(self._lock)
+        """Notified when the open segment ends."""
         self._chunks: deque[np.ndarray] = deque()  # queued, in order, from _read on
         self._pos = 0  # frames of _chunks[0] already read
         self._queued = 0  # frames in _chunks not yet read
@@ -191,7 +193,7 @@ class Mixer:
         return self._open is not None
 
     def _readable_locked(self) -> int:
-        if self._final or self._fading:
+        if self._final or self._fading or self._closed:  # (closed: what is queued is the end)
             return self._queued
         return self._queued - min(self.crossfade_frames, self._queued)
 
@@ -231,6 +233,9 @@ class Mixer:
         if tail_frames < 0:
             raise ValueError(f"tail_frames must be >= 0, got {tail_frames}")
         with self._lock:
+            # An extension (the watchdog's loop of the previous segment, on its own thread) holds
+            # the mixer for the moment it takes to queue one chunk: wait for it, never fail.
+            self._free.wait_for(lambda: self._open is None or not self._open.extension, timeout=2.0)
             seg = StreamedSegment(self, join, tail_frames, aligned)
             if self._closed:  # the stream has ended: what comes now is dropped
                 seg._done = True
@@ -240,21 +245,34 @@ class Mixer:
             self._open = seg
             return seg
 
+    def _begin_extension(self, tail_frames: int) -> StreamedSegment | None:
+        """A chunk of extension, or None when a segment is arriving (it takes over from here)."""
+        with self._lock:
+            if self._open is not None or self._closed:
+                return None
+            seg = StreamedSegment(self, "append", tail_frames, aligned=False)
+            seg.extension = True
+            self._open = seg
+            return seg
+
     def close(self, fade_frames: int = 0) -> None:
         """The end of the session: the segment still arriving ends where it is, what is playing
-        fades into silence over ``fade_frames`` (0: what is queued plays out), and segments that
-        arrive from now on are dropped."""
+        fades into silence over ``fade_frames`` (0: the body plays out, as :meth:`finish`), and
+        segments that arrive from now on are dropped. From here on everything queued is readable
+        (the end needs no fade reserve) and reading past it gives silence, not a starvation."""
         with self._lock:
             self._closed = True
             seg = self._open
         if seg is not None:
             seg.end()
-        if fade_frames > 0:
-            out = StreamedSegment(self, "transition", 0)
-            with self._lock:
-                self._open = out
-            out.add(np.zeros((fade_frames, self.channels), dtype=np.float32))
-            out.end()
+        if fade_frames <= 0:
+            self.finish()
+            return
+        out = StreamedSegment(self, "transition", 0)
+        with self._lock:
+            self._open = out
+        out.add(np.zeros((fade_frames, self.channels), dtype=np.float32))
+        out.end()
 
     def append(self, audio: np.ndarray, tail_frames: int) -> None:
         """Queue a whole segment; its head crossfades with the previous segment's tail."""
@@ -438,7 +456,9 @@ class Mixer:
             chunk = last[start:end]
             if chunk.shape[0] - tail <= 0:
                 break
-            seg = self.begin("append", tail, aligned=False)
+            seg = self._begin_extension(tail)
+            if seg is None:  # the next segment began arriving meanwhile: it takes over
+                break
             seg.add(chunk)
             seg.end(keep_last=False)
             queued += chunk.shape[0] - tail
@@ -473,7 +493,8 @@ class Mixer:
         """The next ``frames`` frames of the mix (float32, (frames, channels)).
 
         When nothing but the fade reserve is queued, the reserve plays out with a fade, then
-        silence; that counts as one starvation.
+        silence; that counts as one starvation. After :meth:`close` everything queued is read and
+        the silence past it is the end, not a starvation.
         """
         with self._lock:
             return self._read_locked(frames, starve=True)
@@ -494,6 +515,8 @@ class Mixer:
         missing = frames - out.shape[0]
         if missing <= 0 or not starve:
             return out
+        if self._closed:  # the stream has ended with its fade: silence now is the end, not a starvation
+            return np.concatenate([out, self._silence_locked(missing)])
         parts = [out]
         if not self._starving:
             self._starving = True
@@ -510,15 +533,19 @@ class Mixer:
         parts.append(got)
         missing -= got.shape[0]
         if missing > 0:
-            silence = np.zeros((missing, self.channels), dtype=np.float32)
-            parts.append(silence)
-            self._read += missing
-            self._remember(silence)
+            parts.append(self._silence_locked(missing))
         if self._queued == 0:
             self._fading = False
         self._silent = True  # the next audio fades in
         self._join = max(self._join, self._read)
         return np.concatenate(parts)
+
+    def _silence_locked(self, frames: int) -> np.ndarray:
+        """``frames`` of silence played where no audio is queued (the read position moves on)."""
+        silence = np.zeros((frames, self.channels), dtype=np.float32)
+        self._read += frames
+        self._remember(silence)
+        return silence
 
     def _remember(self, chunk: np.ndarray) -> None:
         if chunk.shape[0] == 0:
@@ -569,6 +596,8 @@ class StreamedSegment:
         self._pending = mixer._empty()
         self._parts: list[np.ndarray] = []
         self._done = False
+        self.extension = False
+        """A chunk of :meth:`Mixer.extend_previous` (the mixer's own, held only while it is queued)."""
 
     def add(self, audio: np.ndarray) -> None:
         m = self._m
@@ -605,6 +634,7 @@ class StreamedSegment:
                 m._last = audio
                 m._last_tail = min(self.tail_frames, m._last.shape[0])
             m._open = None
+            m._free.notify_all()
 
     def _flush_locked(self, *, final: bool) -> None:
         m = self._m

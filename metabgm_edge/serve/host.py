@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -32,6 +32,9 @@ from metabgm_edge.sources import LiveSource
 from metabgm_edge.text import TextBackend
 
 log = logging.getLogger(__name__)
+
+RESTART_AFTER_S: Final = 5.0
+"""A failed session is replaced no sooner than this long after it started."""
 
 
 class PlayerStatus(msgspec.Struct, kw_only=True):
@@ -79,13 +82,20 @@ class _Player:
         self.stream = stream
         self.started = time.monotonic()
         self.status = PlayerStatus(player=player, since=0.0)
+        self.index_base = 0
+        """Segments of the sessions before this one on the same stream (the stream's numbering goes on)."""
+        self.next_index = 0
         self.thread = threading.Thread(target=self._run, name=f"metabgm-player-{player}", daemon=True)
 
     def _run(self) -> None:
         try:
             self.session.run()
-        except Exception:
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
             log.exception("player %s: the session failed", self.player)
+
+    failure: str | None = None
+    """Why the session ended by itself (None while it runs, or when it was stopped)."""
 
 
 class PlayerHost:
@@ -151,13 +161,32 @@ class PlayerHost:
                 for player in heard:
                     if player not in known:
                         self._join(player)
+                    else:
+                        self._restart_if_failed(player)
                 for player in known - set(heard):
                     self._leave(player)
             except Exception:
                 log.exception("the players' watcher failed; it goes on")
 
-    def _join(self, player: str) -> None:
-        stream = PlayerStream(player)
+    def _restart_if_failed(self, player: str) -> None:
+        """A session that ended by itself (a defect) is replaced by a new one on the same stream, so
+        the player's connections stay and the music goes on (fallback ``session.restarted``)."""
+        with self._lock:
+            entry = self._players.get(player)
+        if entry is None or entry.thread.is_alive() or self._stop.is_set():
+            return
+        if time.monotonic() - entry.started < RESTART_AFTER_S:  # one that fails at once: not in a loop
+            return
+        log.warning("player %s: the session ended by itself (%s); a new one starts", player,
+                    entry.failure or "no error")  # fmt: skip
+        status = entry.status
+        status.fallbacks["session.restarted"] = status.fallbacks.get("session.restarted", 0) + 1
+        self._join(player, stream=entry.stream, status=status, index_base=entry.next_index)
+
+    def _join(self, player: str, *, stream: PlayerStream | None = None, status: PlayerStatus | None = None,
+              index_base: int = 0) -> None:  # fmt: skip
+        again = stream is not None
+        stream = stream if stream is not None else PlayerStream(player)
 
         def sink(ring: RingBuffer, sample_rate: int) -> StreamSink:
             return StreamSink(ring, stream, sample_rate=sample_rate)
@@ -173,11 +202,17 @@ class PlayerHost:
             sink_factory=sink,
         )
         entry = _Player(player, session, stream)
+        if status is not None:
+            entry.status = status
+        entry.index_base = entry.next_index = index_base
         session.on_segment = lambda rec, e=entry: self._segment(e, rec)
-        self.server.add(player, stream)
+        if not again:
+            self.server.add(player, stream)
         with self._lock:
             self._players[player] = entry
         entry.thread.start()
+        if again:
+            return
         log.info(
             "player %s joined: %s (token %s)", player, self.server.url(player), self.server.token(player)
         )
@@ -202,7 +237,7 @@ class PlayerHost:
         session = entry.session
         stream = entry.stream
         start = session.last_start_frame
-        frame = stream.position if start is None else start + stream.silence_frames
+        frame = stream.position if start is None else stream.base + start + stream.silence_frames
         st = entry.status
         st.segments += 1
         st.deadline_misses += int(rec.missed_deadline)
@@ -212,10 +247,12 @@ class PlayerHost:
         st.description = rec.description
         st.last_total_s = rec.timings.get("total", 0.0)
         st.processing_s.append(round(st.last_total_s, 4))
+        index = entry.index_base + rec.index
+        entry.next_index = index + 1
         entry.stream.mark(
             frame,
             {
-                "index": rec.index,
+                "index": index,
                 "trigger": rec.trigger,
                 "scene": st.scene,
                 "biome": rec.state.scene.biome,

@@ -253,7 +253,10 @@ class PlayerStream:
         self.ended: str | None = None
         self.silence_frames = 0
         """Frames of silence the sink played because its ring ran dry: the session's output frame
-        ``n`` is stream frame ``n + silence_frames``."""
+        ``n`` is stream frame ``base + n + silence_frames``."""
+        self.base = 0
+        """Stream frames pushed before the current session's sink began (a session that replaced
+        a failed one goes on from where it stopped)."""
 
     @property
     def listeners(self) -> int:
@@ -318,6 +321,8 @@ class StreamSink(FileSink):
     def __init__(self, ring: RingBuffer, stream: PlayerStream, *, sample_rate: int = SAMPLE_RATE) -> None:
         super().__init__(ring, sample_rate=sample_rate, wav_path=None, paced=True, block_frames=BLOCK_FRAMES)
         self.stream = stream
+        stream.base = stream.position
+        stream.silence_frames = 0
         self.kind = "stream"  # type: ignore[assignment]
 
     def _emit(self, frames: np.ndarray) -> None:

@@ -1,26 +1,37 @@
 """Live player state from a Minecraft server, through the bundled Node connector.
 
 ``minecraft://HOST:PORT`` starts ``connectors/minecraft/connector.js``: a proxy that listens on
-``listen`` (127.0.0.1:25566 by default). The player adds that address as a server in Minecraft
-(Multiplayer, Direct Connection) and joins it; the connector joins HOST:PORT with the player's name,
-passes every packet through unchanged and reads the player's state from them: biome, dimension,
-time, weather, health, food, position, status flags, hostile mobs nearby, damage taken. It writes
-that state to its stdout as the live-state protocol, one JSON object per line, several times a
-second; this source validates every line like any other live message.
+``listen`` (127.0.0.1:25566 by default). Every player adds that address as a server in Minecraft
+(Multiplayer, Direct Connection) and joins it; for each player the connector joins HOST:PORT with
+that player's name, passes every packet through unchanged and reads the player's state from them:
+biome, dimension, time, weather, health, food, position, status flags, hostile mobs nearby, damage
+taken. It writes those states to its stdout as the live-state protocol, one JSON object per line
+tagged with ``"player"`` (the username, or an id mapped from a name that is not a valid player id),
+several times a second; this source validates every line like any other live message.
+
+Many players at once: each one's states are kept apart (:class:`~metabgm_edge.sources.LiveSource`
+keeps a channel per player). ``play`` follows one player (``?player=NAME``, else the first one
+heard); ``serve --source minecraft://...`` gives every player their own session and music. At most
+``max_players`` (64) play through the connector at once; one more is refused with a message in the
+game. A player who leaves ends only their own session: their music keeps their last state until
+they are forgotten after ``forget`` seconds (60); a player who joins again under the same name while
+still connected replaces the old connection.
 
 What works: offline-mode servers (``online-mode=false`` in server.properties), Minecraft 1.16 to
 1.20.1 (tested on 1.16.5 and 1.18.2). What does not: online-mode servers (the connector cannot
 authenticate with Mojang for the player; it refuses them with a message in the game), 1.20.2 and
 newer (refused too).
 
-The music never waits for Minecraft: when the server goes away, the player leaves, or the
+The music never waits for Minecraft: when the server goes away, a player leaves, or the
 connector dies, :meth:`sample` keeps answering with the last state (the time since the last hit
-keeps counting), the loss is reported once as a warning, and the connector is restarted with
-exponential backoff. :meth:`close` stops the connector; it also exits by itself when this process
-goes away (its stdin closes), so it never outlives the runtime.
+keeps counting), the loss is reported once as a warning (once per player who left; once for all
+when the connector stops), and the connector is restarted with exponential backoff.
+:meth:`close` stops the connector; it also exits by itself when this process goes away (its stdin
+closes), so it never outlives the runtime.
 
 Query parameters (all optional): ``listen=HOST:PORT``, ``version=auto|1.16.5``, ``rate=HZ`` (5),
-``hostile_radius=BLOCKS`` (32), ``attack_window=SECONDS`` (10), ``backoff_max=SECONDS`` (30).
+``hostile_radius=BLOCKS`` (32), ``attack_window=SECONDS`` (10), ``backoff_max=SECONDS`` (30),
+``player=NAME`` (the one ``play`` follows), ``forget=SECONDS`` (60), ``max_players=N`` (64).
 ``METABGM_EDGE_NODE`` names the node binary; ``METABGM_EDGE_MINECRAFT_CONNECTOR`` the connector's
 folder (default: connectors/minecraft in the source checkout).
 
@@ -50,7 +61,7 @@ import msgspec
 
 from metabgm_edge.errors import SourceError
 from metabgm_edge.sources import LiveSource
-from metabgm_edge.state import MAX_MESSAGE_BYTES, SceneState
+from metabgm_edge.state import DEFAULT_PLAYER, MAX_MESSAGE_BYTES, PLAYER_ID, SceneState
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +75,8 @@ DEFAULT_LISTEN: Final = "127.0.0.1:25566"
 MIN_NODE_MAJOR: Final = 20
 STALL_S: Final = 3.0
 """A session that sends nothing for this long counts as lost (the connector sends 5 times a second)."""
+CONNECTOR: Final = ""
+"""The key of a loss of every player at once (the connector stopped); player ids are never empty."""
 STABLE_S: Final = 30.0
 """A connector that ran this long before it stopped is restarted at the shortest delay again."""
 SETUP_HINT: Final = (
@@ -195,7 +208,7 @@ def _join(host: str, port: int) -> str:
 
 
 class MinecraftSource(LiveSource):
-    """The player's state from a Minecraft session, through the connector's proxy."""
+    """The players' states from their Minecraft sessions, through the connector's proxy."""
 
     def __init__(
         self,
@@ -243,9 +256,10 @@ class MinecraftSource(LiveSource):
         self._status = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
-        self._in_session = False
-        self._session_since = 0.0
-        self._lost = False
+        self._in_world: dict[str, float] = {}
+        """Player id -> time.monotonic() when their session started, for the players in the world."""
+        self._lost: set[str] = set()
+        """Whose loss was reported and not yet over: player ids, or CONNECTOR for everyone."""
         self._said: set[str] = set()
 
     # ---- the Source interface ----
@@ -295,9 +309,16 @@ class MinecraftSource(LiveSource):
 
     @property
     def in_session(self) -> bool:
-        """True while a player is in the world through the connector."""
+        """True while a player (any) is in the world through the connector."""
         with self._status:
-            return self._in_session
+            return bool(self._in_world)
+
+    @property
+    def in_world(self) -> list[str]:
+        """The ids of the players in the world through the connector now, in the order they joined
+        (a player who left is no longer here, though :meth:`players` keeps them until forgotten)."""
+        with self._status:
+            return list(self._in_world)
 
     @property
     def pid(self) -> int | None:
@@ -316,23 +337,41 @@ class MinecraftSource(LiveSource):
     def _accept(self, state: SceneState, player: str | None = None) -> bool:
         if not super()._accept(state, player):
             return False
+        who = player or DEFAULT_PLAYER
         with self._status:
-            back, self._lost = self._lost, False
+            back = who in self._lost or CONNECTOR in self._lost
+            if back:
+                self._lost.discard(who)
+                self._lost.discard(CONNECTOR)
         if back:
-            log.info("%s: player state is flowing again", self.uri)
+            log.info("%s: %s's state is flowing again", self.uri, who)
         return True
 
-    def _report_loss(self, why: str, then: str, *, ended: bool = True) -> None:
-        """Warn once per outage; the last state stays. ``ended``: the session is over."""
+    def _report_loss(self, why: str, then: str, *, player: str | None = None, ended: bool = True) -> None:
+        """Warn once per outage, of one player (``player``) or of all (None: the connector); the
+        last state stays. ``ended``: the session (or, for None, every session) is over."""
+        key = CONNECTOR if player is None else player
         with self._status:
             if ended:
-                self._in_session = False
-            if self._lost:
+                if player is None:
+                    self._in_world.clear()
+                else:
+                    self._in_world.pop(player, None)
+            if key in self._lost or (player is not None and CONNECTOR in self._lost):
                 log.debug("%s: %s", self.uri, why)
                 return
-            self._lost = True
-        with self._lock:
-            keep = "the music keeps the last state" if self._latest is not None else "no player state yet"
+            self._lost.add(key)
+        if player is None:
+            with self._lock:
+                known = self._latest is not None or bool(self._channels)
+            keep = "the music keeps the last state" if known else "no player state yet"
+        else:
+            channel = self._channel(player)
+            keep = (
+                f"their music keeps their last state (forgotten after {self.forget_after:g} s)"
+                if channel is not None and channel.latest is not None
+                else "no state of theirs yet"
+            )
         log.warning("%s: %s; %s; %s", self.uri, why, keep, then)
 
     def _command(self) -> list[str]:
@@ -344,6 +383,8 @@ class MinecraftSource(LiveSource):
             "--rate", f"{self.rate:g}",
             "--hostile-radius", f"{self.hostile_radius:g}",
             "--attack-window", f"{self.attack_window:g}",
+            "--max-players", str(self.max_players),
+            "--forget", f"{self.forget_after:g}",
             "--parent-pipe",
         ]  # fmt: skip
 
@@ -402,12 +443,17 @@ class MinecraftSource(LiveSource):
     def _watch(self) -> None:
         """A session that went quiet counts as lost (the connector hangs, or the machine sleeps)."""
         with self._status:
-            since = self._session_since if self._in_session else None
-        if since is None:
-            return
-        quiet = time.monotonic() - max(since, self.last_message_at or since)
-        if quiet > STALL_S:
-            self._report_loss(f"no player state for {quiet:.1f} s", "waiting for the connector", ended=False)
+            sessions = list(self._in_world.items())
+        now = time.monotonic()
+        for player, since in sessions:
+            channel = self._channel(player)
+            last = channel.latest_at if channel is not None and channel.latest is not None else since
+            quiet = now - max(since, last)
+            if quiet > STALL_S:
+                self._report_loss(
+                    f"no state of {player} for {quiet:.1f} s", "waiting for the connector",
+                    player=player, ended=False,
+                )  # fmt: skip
 
     def _read_states(self, stream: IO[bytes] | None) -> None:
         if stream is None:
@@ -463,28 +509,49 @@ class MinecraftSource(LiveSource):
             self.last_error = f"the server does not answer ({event.get('error')})"
             self._once(logging.WARNING, "waiting", "%s: %s; retrying", self.uri, self.last_error)
         elif kind == "player_joined":
-            log.debug("%s: %s joined the proxy", self.uri, event.get("username"))
+            player, name = _who(event)
+            log.debug("%s: %s joined the proxy", self.uri, name)
+            if name != player:
+                self._once(
+                    logging.WARNING, "renamed:" + player,
+                    "%s: the Minecraft name %r is not a player id (1-64 of A-Z a-z 0-9 _ . -): this "
+                    "player's states and music are under the id %s", self.uri, name, player,
+                )  # fmt: skip
         elif kind == "session_started":
+            player, name = _who(event)
             with self._status:
-                self._in_session = True
-                self._session_since = time.monotonic()
+                self._in_world.pop(player, None)  # (re)joined: last in the order
+                self._in_world[player] = time.monotonic()
             self.last_error = None
-            log.info("%s: %s is in the world; reading the player's state", self.uri, event.get("username"))
+            log.info("%s: %s is in the world; reading the player's state", self.uri, name)
         elif kind == "session_ended":
+            player, name = _who(event)
             by = event.get("by")
-            if by == "player":
-                self._report_loss(
-                    f"{event.get('username')} left the game", "waiting for the player to join again"
-                )
+            if by == "replaced":  # the new connection's session_started follows
+                with self._status:
+                    if player in self._in_world:
+                        self._in_world[player] = time.monotonic()
+                log.info("%s: %s joined again from another connection, which replaces the old one",
+                         self.uri, name)  # fmt: skip
+            elif by == "player":
+                self._report_loss(f"{name} left the game", "waiting for them to join again", player=player)
             else:
                 self._report_loss(
-                    str(event.get("message") or f"the session ended ({by})"),
-                    "waiting for the player to rejoin",
+                    f"{name}: " + str(event.get("message") or f"the session ended ({by})"),
+                    "waiting for them to rejoin",
+                    player=player,
                 )
         elif kind == "refused":
-            self.last_error = str(event.get("message") or event.get("reason") or "refused")
+            player, name = _who(event)
+            message = str(event.get("message") or event.get("reason") or "refused")
+            if event.get("by") == "full":
+                self._once(logging.ERROR, "full:" + player, "%s: %s was refused: %s", self.uri, name, message)
+                return
+            self.last_error = message
             self._once(logging.ERROR, "refused:" + self.last_error, "%s: %s", self.uri, self.last_error)
-            self._report_loss("the server refused the player", "waiting for a player who can join")
+            self._report_loss(
+                f"the server refused {name}", "waiting for a player who can join", player=player
+            )
         elif kind == "fatal":
             self.last_error = str(event.get("error"))
             self._once(
@@ -498,6 +565,15 @@ class MinecraftSource(LiveSource):
             )  # fmt: skip
         else:
             log.debug("%s: connector event %s", self.uri, event)
+
+
+def _who(event: dict[str, Any]) -> tuple[str, str]:
+    """(player id, username) of a connector event; the id is the one its state lines carry."""
+    player = event.get("player")
+    if not isinstance(player, str) or not PLAYER_ID.fullmatch(player):
+        player = DEFAULT_PLAYER  # a connector that names no player: its lines carry none either
+    name = event.get("username")
+    return player, str(name)[:80] if isinstance(name, str) else player
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
