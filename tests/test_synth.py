@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 
 import numpy as np
 import pytest
@@ -335,3 +336,26 @@ def test_a_mono_synthesizer_plays_the_same_music_mixed_down(first_chunk: float) 
     assert a.to_bytes() == b.to_bytes()  # the same anchor: either continues the other
     with pytest.raises(ValueError, match="mono or stereo"):
         ProceduralSynth(channels=6)
+
+
+@pytest.mark.parametrize("stalled_call", [0, 1, 2])
+def test_one_stalled_render_does_not_make_the_synthesizer_too_slow(
+    stalled_call: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real-time session asks the backend how fast it renders here before it plays; the first
+    render is cold and any one render can be preempted by the game: one slow render (here 1.5 s,
+    slower than real time) must not make the synthesizer replace itself for the whole session."""
+    from metabgm_edge.audio import SPEED_MARGIN
+
+    synth = ProceduralSynth()
+    calls = itertools.count()
+    render_ = synth._render
+
+    def stalling(*args: object, **kwargs: object) -> object:
+        if next(calls) == stalled_call:
+            time.sleep(1.5)
+        return render_(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(synth, "_render", stalling)
+    assert synth.realtime_factor() >= SPEED_MARGIN
+    assert synth.realtime_factor() == synth.realtime_factor()  # measured once, then kept
