@@ -1,8 +1,9 @@
 """How onnxruntime's intra-op threads should wait: ``METABGM_EDGE_ORT_SPIN`` = run / always / never.
 
 For each policy in turn, ``--rounds`` times, each in its own process: the LLM's greedy decode rate
-(tok/s, 64 new tokens after a 261-token prompt, like ``llm_bench.py``) on an LLM bundle, and, when a
-MusicGen bundle is given, seconds to render 2 s of audio. ``--hogs N`` runs N busy-looping processes
+(tok/s, 64 new tokens after a prompt of 260 repeated words, about as long as ``llm_bench.py``'s
+261-token stage-1 prompt) on an LLM bundle, and, when a MusicGen bundle is given, seconds to render
+2 s of audio. ``--hogs N`` runs N busy-looping processes
 beside it the whole time (a game that takes N cores). Medians per policy.
 
     python benchmarks/spin_bench.py --llm engines/smollm2-135m-int4
@@ -24,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-POLICIES = ("run", "always", "never")
+from metabgm_edge.ort.session import SPIN_ENV, SPIN_POLICIES  # noqa: E402
 
 
 def worker(llm_path: str | None, musicgen_path: str | None, threads: int) -> dict[str, float]:
@@ -74,15 +75,15 @@ def main() -> None:
     if not args.llm and not args.musicgen:
         parser.error("give --llm BUNDLE and/or --musicgen BUNDLE")
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.hogs)]
-    results: dict[str, list[dict[str, float]]] = {p: [] for p in POLICIES}
+    results: dict[str, list[dict[str, float]]] = {p: [] for p in SPIN_POLICIES}
     loads = []
     try:
         for r in range(args.rounds):
-            for policy in POLICIES:
+            for policy in SPIN_POLICIES:
                 cmd = [sys.executable, __file__, "--worker", "--threads", str(args.threads)]
                 cmd += ["--llm", str(args.llm)] if args.llm else []
                 cmd += ["--musicgen", str(args.musicgen)] if args.musicgen else []
-                env = {**os.environ, "METABGM_EDGE_ORT_SPIN": policy}
+                env = {**os.environ, SPIN_ENV: policy}
                 done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
                 results[policy].append(json.loads(done.stdout.strip().splitlines()[-1]))
                 loads.append(os.getloadavg()[0])
@@ -94,7 +95,7 @@ def main() -> None:
           f"load average {min(loads):.2f}-{max(loads):.2f}\n")  # fmt: skip
     print("| METABGM_EDGE_ORT_SPIN | LLM decode tok/s | MusicGen 2 s of audio, s |")
     print("|---|---:|---:|")
-    for policy in POLICIES:
+    for policy in SPIN_POLICIES:
         rows = results[policy]
         tok = statistics.median(x["decode_tok_s"] for x in rows) if args.llm else None
         mg = statistics.median(x["musicgen_2s_s"] for x in rows) if args.musicgen else None

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -789,6 +792,20 @@ def listen(
     )
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """File descriptor 1 points at stderr inside (native code's prints too), then back."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 @bench.command("serve")
 @click.option(
     "--players", default="1,2,4,8", show_default=True, help="Player counts to run, e.g. 1,2,4,8,16."
@@ -827,17 +844,7 @@ def bench_serve(
         raise click.BadParameter("player counts from 1 to 256", param_hint="--players")
     # With --json, stdout carries the JSON alone: the progress lines, and whatever Ray prints to
     # file descriptor 1 while it runs and shuts down, go to stderr.
-    import contextlib
-    import os
-
-    with contextlib.ExitStack() as stack:
-        if as_json:
-            sys.stdout.flush()
-            saved = os.dup(1)
-            os.dup2(2, 1)
-            stack.callback(os.close, saved)
-            stack.callback(os.dup2, saved, 1)
-            stack.callback(sys.stdout.flush)
+    with _stdout_to_stderr() if as_json else contextlib.nullcontext():
         result = run_serve_bench(counts, duration=duration, text=text_spec, audio=audio_spec,
                                  batching=batching, config_path=config_path, interval=interval, fmt=fmt,
                                  stop_at_miss=stop_at_miss,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 CONNECTOR = Path(__file__).resolve().parent.parent / "connectors" / "minecraft"
+SOURCE_LOGGER = "metabgm_edge.sources.minecraft"
 T = TypeVar("T")
 
 
@@ -35,6 +37,12 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def source_log(records: list[logging.LogRecord], level: int, since: int = 0) -> list[str]:
+    """The messages MinecraftSource logged at ``level`` (pytest's ``caplog.records``), from record
+    ``since`` on."""
+    return [r.getMessage() for r in records[since:] if r.name == SOURCE_LOGGER and r.levelno == level]
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:

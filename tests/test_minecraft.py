@@ -21,7 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from minecraft_harness import Player, TestServer, free_port, skip_reason, wait_until
+from minecraft_harness import (
+    SOURCE_LOGGER,
+    Player,
+    TestServer,
+    free_port,
+    skip_reason,
+    source_log,
+    wait_until,
+)
 
 from metabgm_edge.acquisition import Acquisition
 from metabgm_edge.characterize import characterize, in_combat, scene_data
@@ -40,7 +48,7 @@ SAMPLE_PERIOD = 0.5
 CONNECTOR_LATENCY = 0.5
 """Allowed seconds from a change on the server to the connector's message (it sends a change within
 50 ms, and everything 5 times a second); the margin is for CPU-starved CI machines."""
-LOGGER = "metabgm_edge.sources.minecraft"
+LOGGER = SOURCE_LOGGER
 
 
 # ---- set-up errors (no Minecraft needed) ----
@@ -259,8 +267,7 @@ def test_connector_reads_the_tall_world_chunk_format_of_1_18() -> None:
 
 
 def warnings_from_source(caplog: pytest.LogCaptureFixture, since: int = 0) -> list[str]:
-    records = caplog.records[since:]
-    return [r.getMessage() for r in records if r.name == LOGGER and r.levelno == logging.WARNING]
+    return source_log(caplog.records, logging.WARNING, since)
 
 
 class Segments:

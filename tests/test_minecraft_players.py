@@ -20,14 +20,23 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from minecraft_harness import CONNECTOR, Player, TestServer, free_port, skip_reason, wait_until
+from minecraft_harness import (
+    CONNECTOR,
+    SOURCE_LOGGER,
+    Player,
+    TestServer,
+    free_port,
+    skip_reason,
+    source_log,
+    wait_until,
+)
 
 from metabgm_edge.sources.minecraft import MinecraftSource
 from metabgm_edge.state import PLAYER_ID, SceneState
 
 SKIP = skip_reason()
 pytestmark = [pytest.mark.minecraft, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
-LOGGER = "metabgm_edge.sources.minecraft"
+LOGGER = SOURCE_LOGGER
 CHANGE_S = 15.0
 """How long a change on the server may take to show (a teleport into new chunks on a loaded CI
 machine took over 5 s)."""
@@ -64,12 +73,12 @@ def flowing(source: MinecraftSource, player: str, seconds: float = 1.0) -> bool:
     return channel is not None and channel.accepted >= before + 2
 
 
-def messages(caplog: pytest.LogCaptureFixture, level: int, since: int = 0) -> list[str]:
-    return [r.getMessage() for r in caplog.records[since:] if r.name == LOGGER and r.levelno == level]
-
-
 def warnings(caplog: pytest.LogCaptureFixture, since: int = 0) -> list[str]:
-    return messages(caplog, logging.WARNING, since)
+    return source_log(caplog.records, logging.WARNING, since)
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return source_log(caplog.records, logging.ERROR)
 
 
 def close_all(*things: object) -> None:
@@ -150,9 +159,7 @@ def test_players_through_one_connector_each_follow_their_own_game(caplog: pytest
         kicked = dave.wait_event(lambda e: e.get("event") == "kicked", 20, "dave being told")
         assert "full (3 players" in kicked["reason"], kicked
         assert "dave" not in source.players()
-        wait_until(
-            lambda: any("dave was refused" in e for e in messages(caplog, logging.ERROR)), 5, "dave named"
-        )
+        wait_until(lambda: any("dave was refused" in e for e in errors(caplog)), 5, "dave named")
         dave.close()
         dave = None
 

@@ -3,6 +3,8 @@ one crossfade, the extend-previous fallback, starvation, and real synthesizer se
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from audio_helpers import render, worst_jump_ratio
@@ -120,8 +122,6 @@ def test_extend_previous_with_nothing_to_repeat() -> None:
 def test_an_extension_and_a_segment_arriving_at_the_same_moment_never_fail() -> None:
     # The watchdog extends the music on its own thread while the pipeline's next segment begins:
     # whichever comes second must wait or give way, never raise (a raise ended a serve session).
-    import threading
-
     m = Mixer(SR, 2, crossfade_s=0.05)
     m.append(_noise(1.0, 1), round(0.05 * SR))
     errors: list[BaseException] = []

@@ -85,6 +85,8 @@ class _Player:
         self.index_base = 0
         """Segments of the sessions before this one on the same stream (the stream's numbering goes on)."""
         self.next_index = 0
+        self.failure: str | None = None
+        """Why the session ended by itself (None while it runs, or when it was stopped)."""
         self.thread = threading.Thread(target=self._run, name=f"metabgm-player-{player}", daemon=True)
 
     def _run(self) -> None:
@@ -93,9 +95,6 @@ class _Player:
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
             log.exception("player %s: the session failed", self.player)
-
-    failure: str | None = None
-    """Why the session ended by itself (None while it runs, or when it was stopped)."""
 
 
 class PlayerHost:
