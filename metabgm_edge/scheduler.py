@@ -218,6 +218,8 @@ class Session:
         self.device = device
         self.composer = Composer()
         self.stats = SessionStats()
+        # The session's fallbacks: those of the segments heard (a segment the end of the session
+        # cuts short is neither logged nor counted) and the session's own (too slow, late extension).
         self._fallbacks: Counter[str] = Counter()
         self._text_guard = Guard("text")
         self._audio_guard = Guard("audio")
@@ -273,7 +275,6 @@ class Session:
                 log.warning("%s failed (%s: %s); composer rules write the %s instead",
                             backend.name, type(exc).__name__, exc, request.stage)  # fmt: skip
             fallbacks.append(reason)
-            self._fallbacks[reason] += 1
             return self.composer.generate(request)
 
         return run
@@ -289,7 +290,6 @@ class Session:
             reason = "text.empty" if "no text" in str(exc) else "text.error"
             log.warning("%s: %s; composer rules describe this segment", self.text.name, exc)
             fallbacks.append(reason)
-            self._fallbacks[reason] += 1
             return describe(
                 seg, self.composer, mode=opts.mode, profile=self.profile, seed=opts.seed + seg.index
             )
@@ -403,7 +403,6 @@ class Session:
                     reason = "audio.stalled"
                 log.warning("%s: %s; extending the previous segment", backend.name, exc)
                 fallbacks.append(reason)
-                self._fallbacks[reason] += 1
                 self._audio_failures += 1
                 missing = request.seconds - max(0, got["frames"] - tail_frames) / sr
                 if missing > 0 and not got.get("stalled"):
@@ -418,7 +417,6 @@ class Session:
                     self.audio = self.fallback_audio
                     self._audio_guard = Guard("audio")
                     fallbacks.append("audio.replaced")
-                    self._fallbacks["audio.replaced"] += 1
                 seg = got["seg"]
                 if seg is None or seg.start_frame is None:
                     return None
@@ -429,7 +427,6 @@ class Session:
             if got.get("stalled"):  # it came back after the watchdog cut it: what came late is dropped
                 log.warning("%s stalled mid-segment; the music was extended", backend.name)
                 fallbacks.append("audio.stalled")
-                self._fallbacks["audio.stalled"] += 1
                 self._audio_failures += 1
                 return Rendered(
                     got["queued_at"], seg.start_frame, seg.late, got["need"], None, got["join"], got["first"]
@@ -521,7 +518,6 @@ class Session:
             log.warning("%s could not carry the music on to its next bar line (%s: %s); the next "
                         "segment joins where it ends", self.audio.name, type(exc).__name__, exc)  # fmt: skip
             fallbacks.append("audio.align.error")
-            self._fallbacks["audio.align.error"] += 1
             return 0.0
         log.debug("music carried on %.2f s to its next bar line", seconds)
         return seconds
@@ -564,7 +560,6 @@ class Session:
             self.audio, self._replaced, self._audio_failures = primary, False, 0
             self._audio_guard = Guard("audio")
             fallbacks.append("audio.restored")
-            self._fallbacks["audio.restored"] += 1
         result = self._describe(seg, fallbacks, t0)
         sharp = seg.trigger in SHARP
         seed = opts.seed + seg.index
@@ -698,6 +693,7 @@ class Session:
 
     def _record(self, rec: SegmentRecord) -> None:
         self.stats.segments += 1
+        self._fallbacks.update(rec.fallbacks)
         if self._log_file is not None:
             self._log_file.write(self._encoder.encode(rec).decode() + "\n")
             self._log_file.flush()

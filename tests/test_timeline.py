@@ -345,6 +345,40 @@ def test_text_fallbacks_on_the_real_clock(tmp_path: Path, kind: str) -> None:
     assert audio.shape[0] > 6 * SR and longest_silence(audio[SR // 2 :]) < XFADE
 
 
+class StoppingText(RaisingText):
+    """Fails every time, and ends the session during segment ``at``'s narrative."""
+
+    def __init__(self, at: int) -> None:
+        self.at, self.calls = at, 0
+        self.session: Any = None
+
+    def generate(self, request: StageRequest) -> str:
+        if request.stage == "narrative":
+            if self.calls == self.at:
+                self.session.stop()
+            self.calls += 1
+        return super().generate(request)
+
+
+@pytest.mark.slow
+def test_a_segment_the_end_of_the_session_cuts_short_is_not_counted(tmp_path: Path) -> None:
+    """The summary's fallbacks are those of the segments in the log: a segment whose text fell back
+    and whose music was still on its way when the session ended is neither heard, logged nor counted."""
+    text = StoppingText(at=2)
+    options = PlayOptions(fast=False, interval=2.0, sample_period=0.5, duration=30.0)
+    # Segment 2 (seed 2)'s music takes 1.5 s: the session ends while it is on its way.
+    session = Session(
+        open_source("sim:forest", seed=1), text, Tone(stall={2: 1.5}), options=options,
+        out=tmp_path / "out.wav", log_path=tmp_path / "log.jsonl", use_device=False,
+    )  # fmt: skip
+    text.session = session
+    stats = session.run()
+    recs = records(tmp_path)
+    assert text.calls == 3 and [r.index for r in recs] == [0, 1]
+    assert stats.segments == 2 and stats.fallbacks == {"text.narrative.error": 2, "text.description.error": 2}
+    assert all(r.fallbacks == ["text.narrative.error", "text.description.error"] for r in recs)
+
+
 def _burn(stop: Any) -> None:
     x = 0
     while not stop.is_set():
