@@ -103,13 +103,18 @@ class Tone:
         return self.chunk / self.per_chunk if self.chunk and self.per_chunk else 100.0
 
 
-def run(tmp_path: Path, audio: Any, *, text: Any = None, source: str = "sim:forest", **opts: Any) -> Any:
+def session(
+    tmp_path: Path, audio: Any, *, text: Any = None, source: str = "sim:forest", **opts: Any
+) -> Session:
     options = PlayOptions(**{"fast": True, **opts})
-    s = Session(
+    return Session(
         open_source(source, seed=1), text or Composer(), audio, options=options,
         out=tmp_path / "out.wav", log_path=tmp_path / "log.jsonl", use_device=False,
     )  # fmt: skip
-    return s.run()
+
+
+def run(tmp_path: Path, audio: Any, **kwargs: Any) -> Any:
+    return session(tmp_path, audio, **kwargs).run()
 
 
 def records(tmp_path: Path) -> list[SegmentRecord]:
@@ -365,14 +370,11 @@ def test_a_segment_the_end_of_the_session_cuts_short_is_not_counted(tmp_path: Pa
     """The summary's fallbacks are those of the segments in the log: a segment whose text fell back
     and whose music was still on its way when the session ended is neither heard, logged nor counted."""
     text = StoppingText(at=2)
-    options = PlayOptions(fast=False, interval=2.0, sample_period=0.5, duration=30.0)
     # Segment 2 (seed 2)'s music takes 1.5 s: the session ends while it is on its way.
-    session = Session(
-        open_source("sim:forest", seed=1), text, Tone(stall={2: 1.5}), options=options,
-        out=tmp_path / "out.wav", log_path=tmp_path / "log.jsonl", use_device=False,
-    )  # fmt: skip
-    text.session = session
-    stats = session.run()
+    s = session(tmp_path, Tone(stall={2: 1.5}), text=text, fast=False, interval=2.0, sample_period=0.5,
+                duration=30.0)  # fmt: skip
+    text.session = s
+    stats = s.run()
     recs = records(tmp_path)
     assert text.calls == 3 and [r.index for r in recs] == [0, 1]
     assert stats.segments == 2 and stats.fallbacks == {"text.narrative.error": 2, "text.description.error": 2}
